@@ -1,0 +1,1 @@
+/* socketrace stand-in: intentionally empty, BCC includes it by name. */

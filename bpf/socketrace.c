@@ -1,0 +1,345 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * socketrace: one handler for every probe that sees a socket.
+ *
+ * Compiled by BCC at run time with no kernel headers: this file defines no
+ * kernel struct. Every struct field it reads is a -D macro of four integers
+ * "offset,size,shift,bits" taken from the running kernel's BTF by
+ * socketrace/discovery.py (offset -1: the kernel lacks the field, read 0).
+ * Every filter is a -D macro too, defined only when the filter is active.
+ * socketrace/program.py builds the whole list; `socketrace --ebpf` prints it.
+ */
+#include "socketrace.h"
+
+/* ---- Tunables (defaults; program.py overrides) ---------------------------- */
+
+/* Filters, each defined only when set:
+ *   FILTER_PID, FILTER_NETNS, FILTER_MARK, FILTER_PROTOCOL, FILTER_PORT,
+ *   FILTER_INET (drop non-AF_INET/AF_INET6 sockets),
+ *   FILTER_ADDR6_0..3 (the address as four u32 in memory order; an IPv4
+ *   address in its IPv4-mapped form) and, for IPv4, FILTER_ADDR4. */
+
+/* Extra fields, each defined only when asked for:
+ *   OUTPUT_SOCK_INFO, OUTPUT_SOCKET_INFO, OUTPUT_STACK. */
+
+#ifndef RINGBUF_PAGES
+#define RINGBUF_PAGES 1024 /* 4 MiB with 4 KiB pages; a power of two */
+#endif
+
+/* Entry points, each an X-macro list of integers (see the end of this file):
+ *   RAW_TRACEPOINTS  RAWTP(probe_id, arg_index, arg_kind) ...
+ *   KPROBES          KPROBE(arg_index, arg_kind) ...   (classic kprobes)
+ *   KPROBE_MULTI     defined when the kprobe-multi entry is wanted */
+
+/* pt_regs offsets of the first five argument registers and of the
+ * instruction pointer, needed by the kprobe entries only. */
+#ifndef REG_ARG0
+#define REG_ARG0 -1
+#define REG_ARG1 -1
+#define REG_ARG2 -1
+#define REG_ARG3 -1
+#define REG_ARG4 -1
+#define REG_IP -1
+#endif
+
+/* HAVE_GET_FUNC_IP: bpf_get_func_ip() works in kprobes (5.15+). Without it
+ * the classic kprobe entry reports the instruction pointer. */
+
+/* Argument kinds, as socketrace.discovery.ArgKind. */
+#define ARG_SOCK 0
+#define ARG_SOCKET 1
+#define ARG_SKB 2
+
+/* kprobe-multi cookie: probe id << 8 | arg kind << 4 | arg index. */
+#define COOKIE_PROBE_SHIFT 8
+
+#define AF_INET 2
+#define AF_INET6 10
+
+_Static_assert(sizeof(struct event) == EVENT_SIZE, "struct event size changed: update events.py");
+
+/* ---- Maps ---------------------------------------------------------------- */
+
+#ifdef OUTPUT_STACK
+struct record {
+	struct event event;
+	u64 stack[MAX_STACK_DEPTH];
+};
+#else
+struct record {
+	struct event event;
+};
+#endif
+
+/* The record is built here, not on the 512-byte BPF stack. */
+BPF_PERCPU_ARRAY(scratch, struct record, 1);
+BPF_PERCPU_ARRAY(counters, u64, COUNTER_MAX);
+
+#ifdef USE_PERF_BUFFER
+BPF_PERF_OUTPUT(events);
+#else
+BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
+#endif
+
+/* ---- Field access -------------------------------------------------------- */
+
+/* Read a scalar field described by "offset,size,shift,bits". */
+static inline __attribute__((always_inline))
+u64 read_scalar(const void *base, int offset, int size, int shift, int bits)
+{
+	u64 value = 0;
+
+	if (offset < 0 || !base)
+		return 0;
+	bpf_probe_read_kernel(&value, size & 0xf, (const char *)base + offset);
+	value >>= shift;
+	if (bits < 64)
+		value &= (1ULL << bits) - 1;
+	return value;
+}
+
+/* Copy a field of up to 16 bytes (an in6_addr) to dst. */
+static inline __attribute__((always_inline))
+void read_bytes(void *dst, const void *base, int offset, int size, int shift, int bits)
+{
+	if (offset >= 0 && base)
+		bpf_probe_read_kernel(dst, size & 0x1f, (const char *)base + offset);
+}
+
+#define EXPAND(macro, ...) macro(__VA_ARGS__)
+#define FIELD(base, field) EXPAND(read_scalar, base, field)
+#define FIELD_BYTES(dst, base, field) EXPAND(read_bytes, dst, base, field)
+
+static inline __attribute__((always_inline)) u16 swap16(u16 value)
+{
+	return (value >> 8) | (value << 8);
+}
+
+static inline __attribute__((always_inline)) void count(u32 index)
+{
+	u64 *counter = counters.lookup(&index);
+
+	if (counter)
+		*counter += 1;
+}
+
+/* ---- Filters ------------------------------------------------------------- */
+
+#ifdef FILTER_ADDR6_0
+/* Does either end of the socket have the filtered address? For an IPv4
+ * filter, FILTER_ADDR6_* hold its IPv4-mapped form (::ffff:a.b.c.d), which
+ * matches AF_INET6 sockets talking IPv4. */
+static inline __attribute__((always_inline)) bool addr_matches(const void *sk, u16 family)
+{
+	u32 local[4] = {}, remote[4] = {};
+
+	if (family == AF_INET) {
+#ifdef FILTER_ADDR4
+		return FIELD(sk, SK_RCV_SADDR) == FILTER_ADDR4 || FIELD(sk, SK_DADDR) == FILTER_ADDR4;
+#else
+		return false;
+#endif
+	}
+	FIELD_BYTES(local, sk, SK_V6_RCV_SADDR);
+	FIELD_BYTES(remote, sk, SK_V6_DADDR);
+	return (local[0] == FILTER_ADDR6_0 && local[1] == FILTER_ADDR6_1 &&
+		local[2] == FILTER_ADDR6_2 && local[3] == FILTER_ADDR6_3) ||
+	       (remote[0] == FILTER_ADDR6_0 && remote[1] == FILTER_ADDR6_1 &&
+		remote[2] == FILTER_ADDR6_2 && remote[3] == FILTER_ADDR6_3);
+}
+#endif
+
+/* All active filters, cheapest first. Unset filters compile to nothing. */
+static inline __attribute__((always_inline)) bool passes_filters(const void *sk)
+{
+	u16 family = FIELD(sk, SK_FAMILY);
+
+#ifdef FILTER_PID
+	if ((bpf_get_current_pid_tgid() >> 32) != FILTER_PID)
+		return false;
+#endif
+#ifdef FILTER_INET
+	if (family != AF_INET && family != AF_INET6)
+		return false;
+#endif
+#ifdef FILTER_PROTOCOL
+	if (FIELD(sk, SK_PROTOCOL) != FILTER_PROTOCOL)
+		return false;
+#endif
+#ifdef FILTER_MARK
+	if (FIELD(sk, SK_MARK) != FILTER_MARK)
+		return false;
+#endif
+#ifdef FILTER_PORT
+	if (FIELD(sk, SK_NUM) != FILTER_PORT && swap16(FIELD(sk, SK_DPORT)) != FILTER_PORT)
+		return false;
+#endif
+#ifdef FILTER_NETNS
+	const void *net = (const void *)FIELD(sk, SK_NET);
+
+	if (FIELD(net, NET_NS_INUM) != FILTER_NETNS)
+		return false;
+#endif
+#ifdef FILTER_ADDR6_0
+	if (!addr_matches(sk, family))
+		return false;
+#endif
+	return true;
+}
+
+/* ---- The handler --------------------------------------------------------- */
+
+static inline __attribute__((always_inline)) void fill_addresses(struct event *event, const void *sk)
+{
+	if (event->family == AF_INET6) {
+		FIELD_BYTES(event->saddr, sk, SK_V6_RCV_SADDR);
+		FIELD_BYTES(event->daddr, sk, SK_V6_DADDR);
+	} else if (event->family == AF_INET) {
+		*(u32 *)event->saddr = FIELD(sk, SK_RCV_SADDR);
+		*(u32 *)event->daddr = FIELD(sk, SK_DADDR);
+	}
+}
+
+static inline __attribute__((always_inline)) void fill_socket(struct event *event, const void *sk)
+{
+	const void *socket = (const void *)FIELD(sk, SK_SOCKET);
+
+	if (!socket)
+		return;
+	event->flags |= EVENT_HAS_SOCKET;
+	event->socket_ino = FIELD(socket, SOCKET_INODE_INO);
+#ifdef OUTPUT_SOCKET_INFO
+	event->socket_state = FIELD(socket, SOCKET_STATE);
+	event->socket_type = FIELD(socket, SOCKET_TYPE);
+	event->socket_flags = FIELD(socket, SOCKET_FLAGS);
+#endif
+}
+
+/* Turn the traced argument into a struct sock *. */
+static inline __attribute__((always_inline)) const void *to_sock(u64 arg, int arg_kind)
+{
+	if (arg_kind == ARG_SOCKET)
+		return (const void *)FIELD((const void *)arg, SOCKET_SK);
+	if (arg_kind == ARG_SKB)
+		return (const void *)FIELD((const void *)arg, SKB_SK);
+	return (const void *)arg;
+}
+
+static inline __attribute__((always_inline))
+int handle_probe(void *ctx, u32 probe_id, u64 func_ip, u64 arg, int arg_kind)
+{
+	const void *sk = to_sock(arg, arg_kind);
+	u32 zero = 0;
+
+	if (!sk || !passes_filters(sk))
+		return 0;
+
+	struct record *record = scratch.lookup(&zero);
+	if (!record)
+		return 0;
+	struct event *event = &record->event;
+	u64 pid_tgid = bpf_get_current_pid_tgid();
+	const void *net = (const void *)FIELD(sk, SK_NET);
+
+	__builtin_memset(event, 0, sizeof(*event));
+	event->ts_ns = bpf_ktime_get_ns();
+	event->sk = (u64)sk;
+	event->func_ip = func_ip;
+	event->probe_id = probe_id;
+	event->tgid = pid_tgid >> 32;
+	event->pid = (u32)pid_tgid;
+	event->cpu = bpf_get_smp_processor_id();
+	event->netns = FIELD(net, NET_NS_INUM);
+	event->mark = FIELD(sk, SK_MARK);
+	event->family = FIELD(sk, SK_FAMILY);
+	event->protocol = FIELD(sk, SK_PROTOCOL);
+	event->type = FIELD(sk, SK_TYPE);
+	event->state = FIELD(sk, SK_STATE);
+	event->sport = FIELD(sk, SK_NUM);
+	event->dport = swap16(FIELD(sk, SK_DPORT));
+	fill_addresses(event, sk);
+	fill_socket(event, sk);
+	bpf_get_current_comm(event->comm, sizeof(event->comm));
+	event->reuseport = FIELD(sk, SK_REUSEPORT);
+	event->bound_dev_if = FIELD(sk, SK_BOUND_DEV_IF);
+#ifdef OUTPUT_SOCK_INFO
+	event->rx_dst_ifindex = FIELD(sk, SK_RX_DST_IFINDEX);
+	event->backlog_len = FIELD(sk, SK_BACKLOG_LEN);
+	event->rcvbuf = FIELD(sk, SK_RCVBUF);
+	event->sndbuf = FIELD(sk, SK_SNDBUF);
+	event->priority = FIELD(sk, SK_PRIORITY);
+#endif
+#ifdef OUTPUT_STACK
+	event->stack_bytes = bpf_get_stack(ctx, record->stack, sizeof(record->stack), 0);
+	if (event->stack_bytes < 0)
+		count(COUNTER_STACK_ERRORS);
+#endif
+
+#ifdef USE_PERF_BUFFER
+	if (events.perf_submit(ctx, record, sizeof(*record)) != 0)
+		count(COUNTER_DROPPED);
+#else
+	if (events.ringbuf_output(record, sizeof(*record), 0) != 0)
+		count(COUNTER_DROPPED);
+#endif
+	return 0;
+}
+
+/* ---- Entry points -------------------------------------------------------- */
+
+/* One function per raw tracepoint: the program id is the only way to know
+ * which tracepoint fired. */
+#define RAWTP(probe_id, arg_index, arg_kind)                                    \
+	int rawtp_##probe_id(struct bpf_raw_tracepoint_args *ctx)               \
+	{                                                                       \
+		return handle_probe(ctx, probe_id, 0, ctx->args[arg_index], arg_kind); \
+	}
+#ifdef RAW_TRACEPOINTS
+RAW_TRACEPOINTS
+#endif
+
+static inline __attribute__((always_inline)) u64 reg_arg(void *ctx, int arg_index)
+{
+	int offset = arg_index == 0 ? REG_ARG0 : arg_index == 1 ? REG_ARG1 :
+		     arg_index == 2 ? REG_ARG2 : arg_index == 3 ? REG_ARG3 : REG_ARG4;
+	u64 value = 0;
+
+	if (offset >= 0)
+		bpf_probe_read_kernel(&value, sizeof(value), (const char *)ctx + offset);
+	return value;
+}
+
+static inline __attribute__((always_inline)) u64 entry_ip(void *ctx)
+{
+#ifdef HAVE_GET_FUNC_IP
+	return bpf_get_func_ip(ctx);
+#else
+	u64 ip = 0;
+
+	bpf_probe_read_kernel(&ip, sizeof(ip), (const char *)ctx + REG_IP);
+	return ip;
+#endif
+}
+
+/* Classic kprobes: one function per argument position and kind, attached to
+ * many functions; user space names the function from its address. */
+#define KPROBE(arg_index, arg_kind)                                             \
+	int kprobe_arg##arg_index##_kind##arg_kind(void *ctx)                   \
+	{                                                                       \
+		return handle_probe(ctx, (u32)-1, entry_ip(ctx), reg_arg(ctx, arg_index), arg_kind); \
+	}
+#ifdef KPROBES
+KPROBES
+#endif
+
+#ifdef KPROBE_MULTI
+/* kprobe-multi: one function for every traced function; the cookie says
+ * which function it is and where its socket argument is. */
+int kprobe_multi_entry(void *ctx)
+{
+	u64 cookie = bpf_get_attach_cookie(ctx);
+
+	return handle_probe(ctx, cookie >> COOKIE_PROBE_SHIFT, bpf_get_func_ip(ctx),
+			    reg_arg(ctx, cookie & 0xf), (cookie >> 4) & 0xf);
+}
+#endif

@@ -1,0 +1,7 @@
+"""``python -m socketrace``."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,95 @@
+"""Attaching the program's entry points to the kernel, one class per backend.
+
+Every backend is an :class:`Attacher`: a context manager whose ``attach``
+reports what attached and what did not, and whose exit detaches everything,
+whatever ended the run. :func:`choose_way` picks the backend: the one asked
+for, or the best the kernel has (kprobe-multi, then kprobe, then tracepoint).
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import TYPE_CHECKING
+
+from tqdm import tqdm
+
+from ..discovery import Probe
+from ..features import Features
+from ..options import AttachWay
+
+if TYPE_CHECKING:
+    from bcc import BPF
+
+__all__ = ["AttachError", "AttachReport", "Attacher", "choose_way", "make_attacher"]
+
+log = logging.getLogger("socketrace")
+
+
+class AttachError(Exception):
+    """The backend cannot attach on this kernel."""
+
+
+@dataclass
+class AttachReport:
+    attached: int = 0
+    failed: dict[str, str] = field(default_factory=dict)  # probe name -> reason
+
+
+def choose_way(requested: AttachWay, features: Features) -> AttachWay:
+    """The backend to use; a forced backend the kernel lacks is an AttachError."""
+    available = {
+        AttachWay.KPROBE: features.kprobes,
+        AttachWay.TRACEPOINT: True,
+    }
+    if requested is AttachWay.AUTO:
+        return next(way for way, ok in available.items() if ok)
+    if not available.get(requested, False):
+        raise AttachError(f"--kprobe-way {requested.value}: this kernel does not support it")
+    return requested
+
+
+class Attacher(ABC):
+    """Attaches the probes of one program; detaches them on exit."""
+
+    #: How the log lines name what is attached, e.g. "raw tracepoints".
+    noun = "functions"
+
+    def __init__(self, bpf: BPF, way: AttachWay) -> None:
+        self.bpf = bpf
+        self.way = way
+        self.report = AttachReport()
+
+    def attach(self, probes: tuple[Probe, ...]) -> AttachReport:
+        log.info("Attaching kprobes (via %s) to %d %s", self.way.value, len(probes), self.noun)
+        with tqdm(total=len(probes), unit=" probes", leave=False, disable=None) as progress:
+            self._attach(probes, progress)
+        log.info("Attached kprobes (via %s) to %d %s", self.way.value, self.report.attached, self.noun)
+        for name, reason in sorted(self.report.failed.items()):
+            log.warning("Could not attach %s: %s", name, reason)
+        return self.report
+
+    @abstractmethod
+    def _attach(self, probes: tuple[Probe, ...], progress: tqdm) -> None:
+        """Attach every probe, recording successes and failures in self.report."""
+
+    @abstractmethod
+    def detach(self) -> None:
+        """Detach everything attached so far; safe to call twice."""
+
+    def __enter__(self) -> Attacher:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.detach()
+
+
+def make_attacher(bpf: BPF, way: AttachWay) -> Attacher:
+    from .rawtp import RawTracepointAttacher
+
+    backends: dict[AttachWay, type[Attacher]] = {AttachWay.TRACEPOINT: RawTracepointAttacher}
+    return backends[way](bpf, way)

@@ -1,0 +1,49 @@
+"""Raw tracepoints that take a socket: the backend for kernels without kprobes."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from tqdm import tqdm
+
+from ..discovery import Probe
+from ..options import AttachWay
+from . import Attacher
+
+if TYPE_CHECKING:
+    from bcc import BPF
+
+__all__ = ["RawTracepointAttacher"]
+
+log = logging.getLogger("socketrace")
+
+
+class RawTracepointAttacher(Attacher):
+    """One program per tracepoint (``rawtp_<probe id>``), since raw tracepoints carry no cookie."""
+
+    noun = "raw tracepoints"
+
+    def __init__(self, bpf: BPF, way: AttachWay) -> None:
+        super().__init__(bpf, way)
+        self._attached: list[str] = []
+
+    def _attach(self, probes: tuple[Probe, ...], progress: tqdm) -> None:
+        for probe_id, probe in enumerate(probes):
+            try:
+                self.bpf.attach_raw_tracepoint(tp=probe.name.encode(), fn_name=f"rawtp_{probe_id}".encode())
+            except Exception as err:  # BCC raises bare Exception
+                self.report.failed[probe.name] = str(err)
+            else:
+                self._attached.append(probe.name)
+                self.report.attached += 1
+            progress.update()
+
+    def detach(self) -> None:
+        if not self._attached:
+            return
+        log.info("Detaching kprobes (via %s) from %d %s", self.way.value, len(self._attached), self.noun)
+        with tqdm(total=len(self._attached), unit=" probes", leave=False, disable=None) as progress:
+            while self._attached:
+                self.bpf.detach_raw_tracepoint(tp=self._attached.pop().encode())
+                progress.update()

@@ -1,0 +1,89 @@
+"""The few ``bpf(2)`` commands BCC does not offer, through ctypes.
+
+Names follow include/uapi/linux/bpf.h. Each call returns a file descriptor
+or raises OSError with the kernel's errno.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import platform
+
+__all__ = [
+    "BPF_MAP_TYPE_RINGBUF",
+    "BPF_TRACE_KPROBE_MULTI",
+    "bpf_link_create_kprobe_multi",
+    "bpf_map_create",
+]
+
+# Syscall numbers of bpf(2) per machine.
+_SYS_BPF = {"x86_64": 321, "aarch64": 280}
+
+BPF_MAP_CREATE = 0
+BPF_LINK_CREATE = 28
+BPF_MAP_TYPE_RINGBUF = 27
+BPF_TRACE_KPROBE_MULTI = 42
+BPF_F_KPROBE_MULTI_RETURN = 1
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+class _bpf_attr_map_create(ctypes.Structure):
+    _fields_ = [
+        ("map_type", ctypes.c_uint32),
+        ("key_size", ctypes.c_uint32),
+        ("value_size", ctypes.c_uint32),
+        ("max_entries", ctypes.c_uint32),
+        ("map_flags", ctypes.c_uint32),
+    ]
+
+
+class _bpf_attr_link_create_kprobe_multi(ctypes.Structure):
+    _fields_ = [
+        ("prog_fd", ctypes.c_uint32),
+        ("target_fd", ctypes.c_uint32),
+        ("attach_type", ctypes.c_uint32),
+        ("flags", ctypes.c_uint32),
+        ("kprobe_multi_flags", ctypes.c_uint32),
+        ("cnt", ctypes.c_uint32),
+        ("syms", ctypes.c_uint64),
+        ("addrs", ctypes.c_uint64),
+        ("cookies", ctypes.c_uint64),
+    ]
+
+
+def _bpf(command: int, attr: ctypes.Structure) -> int:
+    """Call bpf(2); the attr union is zero-padded to a size every kernel accepts."""
+    number = _SYS_BPF.get(platform.machine())
+    if number is None:
+        raise OSError(95, f"bpf(2) syscall number unknown on {platform.machine()}")
+    buffer = ctypes.create_string_buffer(bytes(attr), 128)
+    result = _libc.syscall(number, command, buffer, ctypes.sizeof(buffer))
+    if result < 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, os.strerror(errno))
+    return result
+
+
+def bpf_map_create(map_type: int, key_size: int, value_size: int, max_entries: int) -> int:
+    """Create a map; used to probe for map types (e.g. ring buffers)."""
+    return _bpf(BPF_MAP_CREATE, _bpf_attr_map_create(map_type, key_size, value_size, max_entries, 0))
+
+
+def bpf_link_create_kprobe_multi(
+    prog_fd: int, symbols: list[str], cookies: list[int], is_return: bool = False
+) -> int:
+    """Attach one kprobe-multi program to many functions at once; returns the link fd."""
+    names = [name.encode() for name in symbols]
+    syms = (ctypes.c_char_p * len(names))(*names)
+    cookie_array = (ctypes.c_uint64 * len(cookies))(*cookies)
+    attr = _bpf_attr_link_create_kprobe_multi(
+        prog_fd=prog_fd,
+        attach_type=BPF_TRACE_KPROBE_MULTI,
+        kprobe_multi_flags=BPF_F_KPROBE_MULTI_RETURN if is_return else 0,
+        cnt=len(names),
+        syms=ctypes.addressof(syms),
+        cookies=ctypes.addressof(cookie_array),
+    )
+    return _bpf(BPF_LINK_CREATE, attr)

@@ -1,0 +1,1 @@
+"""Formatting of events: pure functions of decoded records, no BPF, no globals."""

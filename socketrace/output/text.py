@@ -1,0 +1,92 @@
+"""The original socketrace's table: ``CPU PROCESS FUNC`` then the socket, one line per event."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable
+
+from ..events import Event, Record
+from ..options import OutputSpec
+from ..symbols import (
+    AF_INET,
+    AF_INET6,
+    KernelSymbols,
+    family_name,
+    protocol_name,
+    sock_type_name,
+    socket_state_name,
+    tcp_state_name,
+)
+
+__all__ = ["TextFormatter", "format_tuple", "header"]
+
+CPU_WIDTH = 3
+PROCESS_WIDTH = 32
+FUNC_WIDTH = 32
+
+
+def header() -> str:
+    return f"{'CPU':<{CPU_WIDTH}} {'PROCESS':<{PROCESS_WIDTH}} {'FUNC':<{FUNC_WIDTH}}"
+
+
+def format_tuple(event: Event) -> str:
+    """``saddr:sport -> daddr:dport``; IPv6 addresses in brackets; empty for other families."""
+    if event.family == AF_INET:
+        local = ipaddress.IPv4Address(bytes(event.saddr[:4]))
+        remote = ipaddress.IPv4Address(bytes(event.daddr[:4]))
+        return f"{local}:{event.sport} -> {remote}:{event.dport}"
+    if event.family == AF_INET6:
+        local6 = ipaddress.IPv6Address(bytes(event.saddr))
+        remote6 = ipaddress.IPv6Address(bytes(event.daddr))
+        return f"[{local6}]:{event.sport} -> [{remote6}]:{event.dport}"
+    return ""
+
+
+class TextFormatter:
+    """Turns records into lines; ``name_of`` gives the traced function's name."""
+
+    def __init__(
+        self, spec: OutputSpec, name_of: Callable[[Event], str], symbols: KernelSymbols | None = None
+    ) -> None:
+        self._spec = spec
+        self._name_of = name_of
+        self._symbols = symbols
+
+    def format(self, record: Record) -> str:
+        event = record.event
+        spec = self._spec
+        process = f"{event.tgid}({event.comm.decode(errors='replace')})"
+        parts = [f"{event.cpu:<{CPU_WIDTH}} {process:<{PROCESS_WIDTH}} {self._name_of(event):<{FUNC_WIDTH}}"]
+        endpoints = format_tuple(event)
+        if endpoints:
+            parts.append(endpoints)
+        parts.append(
+            f"netns={event.netns} family={family_name(event.family)} "
+            f"protocol={protocol_name(event.family, event.protocol)}"
+        )
+        if spec.sock_common:
+            parts.append(
+                f"state={tcp_state_name(event.state)} reuseport={str(bool(event.reuseport)).lower()} "
+                f"bound_ifindex={event.bound_dev_if}"
+            )
+        if spec.sock_info:
+            parts.append(
+                f"rx_dst_ifindex={event.rx_dst_ifindex} backlog_len={event.backlog_len} "
+                f"rcv_buff={event.rcvbuf} snd_buff={event.sndbuf} priority={event.priority} "
+                f"mark={event.mark} type={sock_type_name(event.type)}"
+            )
+        if spec.socket_info:
+            parts.append(self._socket_info(event))
+        line = " ".join(parts)
+        if spec.stack and self._symbols is not None:
+            line += "".join(f"\n    {self._symbols.describe(address)}" for address in record.stack)
+        return line
+
+    @staticmethod
+    def _socket_info(event: Event) -> str:
+        if not event.has_socket:
+            return "socket=none"
+        return (
+            f"state={socket_state_name(event.socket_state)} type={sock_type_name(event.socket_type)} "
+            f"flags={event.socket_flags:#x} f_ino={event.socket_ino}"
+        )

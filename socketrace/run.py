@@ -1,0 +1,142 @@
+"""One run of socketrace, stage by stage: the only module that knows the order.
+
+options -> features -> discovery -> program -> attach -> events -> output.
+Each stage's failure names the stage; everything attached is detached on
+every way out (an error, Ctrl+C, SIGTERM, a closed pipe, the line limit).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TextIO
+
+from .attach import AttachError, choose_way, make_attacher
+from .discovery import ArgKind, Discovery, Probe, discover
+from .events import EventReader, Record
+from .features import detect_features
+from .options import AttachWay, Options
+from .output.text import TextFormatter, header
+from .program import compile_program, plan_program, program_listing
+from .symbols import KernelSymbols
+
+__all__ = ["RunError", "StopRequested", "list_functions", "run"]
+
+log = logging.getLogger("socketrace")
+
+POLL_TIMEOUT_MS = 100
+
+
+class RunError(Exception):
+    """A failure at run time: reported in one line, exit status 1."""
+
+
+class StopRequested(Exception):
+    """SIGTERM arrived: end the run as Ctrl+C does."""
+
+
+def run(options: Options, stdout: TextIO) -> int:
+    """Trace until stopped; returns the exit status."""
+    started = time.monotonic()
+    if options.list_funcs:
+        stdout.write(list_functions(discover(options, with_functions=True), options.list_funcs))
+        return 0
+    if os.geteuid() != 0:
+        raise RunError("tracing needs root (CAP_BPF and CAP_PERFMON)")
+    features = detect_features()
+    way = choose_way(options.attach_way, features)
+    discovery = discover(options, with_functions=way is not AttachWay.TRACEPOINT)
+    plan = plan_program(options, discovery, way, features)
+    if options.dump_program:
+        stdout.write(program_listing(plan))
+        return 0
+    if not plan.probes:
+        raise RunError("no probe matches: check --filter-funcs")
+    bpf = compile_program(plan)
+    with _output(options.output.file, stdout) as sink, _stop_on_sigterm():
+        reader = EventReader(bpf, use_perf_buffer=not features.ring_buffer)
+        names = [probe.name for probe in plan.probes]
+        symbols = KernelSymbols.from_kallsyms() if options.output.stack else None
+        formatter = TextFormatter(options.output, lambda event: names[event.probe_id], symbols)
+        with make_attacher(bpf, way) as attacher:
+            if attacher.attach(plan.probes).attached == 0:
+                raise AttachError("no probe could be attached")
+            log.info("Ready in %.2f s", time.monotonic() - started)
+            log.info("Press Ctrl+C to stop")
+            printed = _print_events(reader, formatter, sink, options.output.limit_lines)
+        losses = reader.losses()
+    log.info("%d events printed, %d dropped (buffer full)", printed, losses.dropped)
+    if losses.stack_errors:
+        log.info("%d stacks could not be read", losses.stack_errors)
+    return 0
+
+
+def _print_events(reader: EventReader, formatter: TextFormatter, sink: TextIO, limit: int) -> int:
+    """The event loop: whole lines, one write and flush per batch."""
+    printed = 0
+    try:
+        sink.write(header() + "\n")
+        sink.flush()
+        while not limit or printed < limit:
+            records: list[Record] = reader.poll(POLL_TIMEOUT_MS)
+            if limit:
+                records = records[: limit - printed]
+            if records:
+                sink.write("".join(formatter.format(record) + "\n" for record in records))
+                sink.flush()
+                printed += len(records)
+    except (KeyboardInterrupt, StopRequested):
+        pass
+    except BrokenPipeError:
+        # The reader went away (`| head`): stop quietly, and keep Python's
+        # final flush of stdout from failing again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sink.fileno())
+    return printed
+
+
+@contextmanager
+def _output(path: str | None, stdout: TextIO) -> Iterator[TextIO]:
+    if path is None:
+        yield stdout
+        return
+    try:
+        sink = open(path, "w")
+    except OSError as err:
+        raise RunError(f"--output-file: cannot open {path}: {err.strerror}") from None
+    with sink:
+        yield sink
+
+
+@contextmanager
+def _stop_on_sigterm() -> Iterator[None]:
+    def stop(_signum: int, _frame: object) -> None:
+        raise StopRequested
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def list_functions(discovery: Discovery, what: str) -> str:
+    """``--list-funcs``: probes grouped by the socket argument's position, then a total."""
+    if what == "tracepoint":
+        probes: list[Probe] = discovery.tracepoints
+        noun = "Raw tracepoints with the socket in ctx->args"
+    else:
+        kind = ArgKind.SOCK if what == "sock" else ArgKind.SOCKET
+        probes = [probe for probe in discovery.functions if probe.arg_kind is kind]
+        noun = f"Functions with struct {what} * as argument"
+    lines = []
+    for position in sorted({probe.arg_index for probe in probes}):
+        lines.append(f"{noun} {position + 1 if what != 'tracepoint' else f'[{position}]'}:")
+        lines.extend(f"  {probe.name}" for probe in probes if probe.arg_index == position)
+    lines.append(f"Total: {len(probes)}")
+    return "\n".join(lines) + "\n"

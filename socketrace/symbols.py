@@ -1,0 +1,162 @@
+"""Names for the numbers the kernel reports: families, protocols, states, kernel addresses.
+
+Tables follow include/linux/socket.h, include/uapi/linux/in.h, netlink.h,
+include/net/tcp_states.h and include/uapi/linux/net.h.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterable
+
+__all__ = [
+    "KernelSymbols",
+    "family_name",
+    "protocol_name",
+    "socket_state_name",
+    "sock_type_name",
+    "tcp_state_name",
+]
+
+AF_INET = 2
+AF_INET6 = 10
+AF_NETLINK = 16
+
+_FAMILIES = (
+    "AF_UNSPEC AF_UNIX AF_INET AF_AX25 AF_IPX AF_APPLETALK AF_NETROM AF_BRIDGE AF_ATMPVC AF_X25 "
+    "AF_INET6 AF_ROSE AF_DECnet AF_NETBEUI AF_SECURITY AF_KEY AF_NETLINK AF_PACKET AF_ASH AF_ECONET "
+    "AF_ATMSVC AF_RDS AF_SNA AF_IRDA AF_PPPOX AF_WANPIPE AF_LLC AF_IB AF_MPLS AF_CAN AF_TIPC "
+    "AF_BLUETOOTH AF_IUCV AF_RXRPC AF_ISDN AF_PHONET AF_IEEE802154 AF_CAIF AF_ALG AF_NFC AF_VSOCK "
+    "AF_KCM AF_QIPCRTR AF_SMC AF_XDP AF_MCTP"
+).split()
+
+_IP_PROTOCOLS = {
+    0: "IPPROTO_IP",
+    1: "IPPROTO_ICMP",
+    2: "IPPROTO_IGMP",
+    4: "IPPROTO_IPIP",
+    6: "IPPROTO_TCP",
+    8: "IPPROTO_EGP",
+    12: "IPPROTO_PUP",
+    17: "IPPROTO_UDP",
+    22: "IPPROTO_IDP",
+    29: "IPPROTO_TP",
+    33: "IPPROTO_DCCP",
+    41: "IPPROTO_IPV6",
+    46: "IPPROTO_RSVP",
+    47: "IPPROTO_GRE",
+    50: "IPPROTO_ESP",
+    51: "IPPROTO_AH",
+    58: "IPPROTO_ICMPV6",
+    92: "IPPROTO_MTP",
+    94: "IPPROTO_BEETPH",
+    98: "IPPROTO_ENCAP",
+    103: "IPPROTO_PIM",
+    108: "IPPROTO_COMP",
+    115: "IPPROTO_L2TP",
+    132: "IPPROTO_SCTP",
+    136: "IPPROTO_UDPLITE",
+    137: "IPPROTO_MPLS",
+    143: "IPPROTO_ETHERNET",
+    255: "IPPROTO_RAW",
+    262: "IPPROTO_MPTCP",
+}
+
+_NETLINK_PROTOCOLS = {
+    0: "NETLINK_ROUTE",
+    1: "NETLINK_UNUSED",
+    2: "NETLINK_USERSOCK",
+    3: "NETLINK_FIREWALL",
+    4: "NETLINK_SOCK_DIAG",
+    5: "NETLINK_NFLOG",
+    6: "NETLINK_XFRM",
+    7: "NETLINK_SELINUX",
+    8: "NETLINK_ISCSI",
+    9: "NETLINK_AUDIT",
+    10: "NETLINK_FIB_LOOKUP",
+    11: "NETLINK_CONNECTOR",
+    12: "NETLINK_NETFILTER",
+    13: "NETLINK_IP6_FW",
+    14: "NETLINK_DNRTMSG",
+    15: "NETLINK_KOBJECT_UEVENT",
+    16: "NETLINK_GENERIC",
+    18: "NETLINK_SCSITRANSPORT",
+    19: "NETLINK_ECRYPTFS",
+    20: "NETLINK_RDMA",
+    21: "NETLINK_CRYPTO",
+    22: "NETLINK_SMC",
+}
+
+_TCP_STATES = (
+    "UNKNOWN ESTABLISHED SYN_SENT SYN_RECV FIN_WAIT1 FIN_WAIT2 TIME_WAIT CLOSE CLOSE_WAIT "
+    "LAST_ACK LISTEN CLOSING NEW_SYN_RECV BOUND_INACTIVE"
+).split()
+
+_SOCKET_STATES = ("FREE", "UNCONNECTED", "CONNECTING", "CONNECTED", "DISCONNECTING")
+
+_SOCK_TYPES = {
+    1: "SOCK_STREAM",
+    2: "SOCK_DGRAM",
+    3: "SOCK_RAW",
+    4: "SOCK_RDM",
+    5: "SOCK_SEQPACKET",
+    6: "SOCK_DCCP",
+    10: "SOCK_PACKET",
+}
+
+
+def _from_sequence(names: tuple[str, ...] | list[str], value: int) -> str:
+    return names[value] if 0 <= value < len(names) else str(value)
+
+
+def family_name(family: int) -> str:
+    return _from_sequence(_FAMILIES, family)
+
+
+def protocol_name(family: int, protocol: int) -> str:
+    """IPPROTO_* for IP families, NETLINK_* for netlink, else the number."""
+    if family in (AF_INET, AF_INET6):
+        return _IP_PROTOCOLS.get(protocol, str(protocol))
+    if family == AF_NETLINK:
+        return _NETLINK_PROTOCOLS.get(protocol, str(protocol))
+    return str(protocol)
+
+
+def tcp_state_name(state: int) -> str:
+    """skc_state, which every family numbers as TCP does (TCP_ESTABLISHED...)."""
+    return _from_sequence(_TCP_STATES, state) if state else str(state)
+
+
+def socket_state_name(state: int) -> str:
+    """socket->state (SS_FREE...), without the SS_ prefix as the original prints it."""
+    return _from_sequence(_SOCKET_STATES, state)
+
+
+def sock_type_name(sock_type: int) -> str:
+    return _SOCK_TYPES.get(sock_type, str(sock_type))
+
+
+class KernelSymbols:
+    """Kernel text addresses to ``name+0xoffset``, from kallsyms (root sees real addresses)."""
+
+    def __init__(self, symbols: Iterable[tuple[int, str]]) -> None:
+        pairs = sorted(symbols)
+        self._addresses = [address for address, _ in pairs]
+        self._names = [name for _, name in pairs]
+
+    @classmethod
+    def from_kallsyms(cls, path: str = "/proc/kallsyms") -> KernelSymbols:
+        symbols = []
+        with open(path) as kallsyms:
+            for line in kallsyms:
+                address, kind, name = line.split()[:3]
+                if kind in "tTwW":
+                    symbols.append((int(address, 16), name))
+        return cls(symbols)
+
+    def describe(self, address: int) -> str:
+        index = bisect.bisect_right(self._addresses, address) - 1
+        if index < 0 or not address:
+            return f"0x{address:x}"
+        offset = address - self._addresses[index]
+        return f"{self._names[index]}+0x{offset:x}" if offset else self._names[index]
