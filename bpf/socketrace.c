@@ -71,9 +71,30 @@ struct record {
 };
 #endif
 
+/*
+ * Per-CPU state, one slot per nesting level: a probe hit in process context
+ * can be interrupted by a softirq, a hardirq and an NMI that hit probes of
+ * their own on the same CPU. Each level takes the next slot and gives it
+ * back, so an interrupting probe never overwrites the one it interrupted.
+ */
+#define MAX_NESTING 4
+
+/* Which probe fired and with what argument, handed from an entry point to
+ * the shared handler across the tail call. */
+struct pending {
+	u64 arg;
+	u64 func_ip;
+	u32 probe_id;
+	u32 arg_kind;
+};
+
+BPF_PERCPU_ARRAY(nesting, u32, 1);
+BPF_PERCPU_ARRAY(pending, struct pending, MAX_NESTING);
 /* The record is built here, not on the 512-byte BPF stack. */
-BPF_PERCPU_ARRAY(scratch, struct record, 1);
+BPF_PERCPU_ARRAY(scratch, struct record, MAX_NESTING);
 BPF_PERCPU_ARRAY(counters, u64, COUNTER_MAX);
+/* Slot 0: the shared handler, loaded by user space for the entries' program type. */
+BPF_PROG_ARRAY(handlers, 1);
 
 #ifdef USE_PERF_BUFFER
 BPF_PERF_OUTPUT(events);
@@ -226,15 +247,14 @@ static inline __attribute__((always_inline)) const void *to_sock(u64 arg, int ar
 }
 
 static inline __attribute__((always_inline))
-int handle_probe(void *ctx, u32 probe_id, u64 func_ip, u64 arg, int arg_kind)
+int handle_probe(void *ctx, u32 level, u32 probe_id, u64 func_ip, u64 arg, int arg_kind)
 {
 	const void *sk = to_sock(arg, arg_kind);
-	u32 zero = 0;
 
 	if (!sk || !passes_filters(sk))
 		return 0;
 
-	struct record *record = scratch.lookup(&zero);
+	struct record *record = scratch.lookup(&level);
 	if (!record)
 		return 0;
 	struct event *event = &record->event;
@@ -287,12 +307,61 @@ int handle_probe(void *ctx, u32 probe_id, u64 func_ip, u64 arg, int arg_kind)
 
 /* ---- Entry points -------------------------------------------------------- */
 
-/* One function per raw tracepoint: the program id is the only way to know
+/*
+ * Raw tracepoints and classic kprobes have many entry points: each stores
+ * what it knows in its nesting level's `pending` slot and tail-calls the one
+ * shared handler, so the handler is compiled once rather than per entry.
+ */
+static inline __attribute__((always_inline))
+int enter(void *ctx, u32 probe_id, u64 func_ip, u64 arg, u32 arg_kind)
+{
+	u32 zero = 0;
+	u32 *level = nesting.lookup(&zero);
+
+	if (!level)
+		return 0;
+	u32 slot = *level;
+	struct pending *entry = pending.lookup(&slot);
+	if (!entry) { /* deeper than MAX_NESTING */
+		count(COUNTER_DROPPED);
+		return 0;
+	}
+	entry->arg = arg;
+	entry->func_ip = func_ip;
+	entry->probe_id = probe_id;
+	entry->arg_kind = arg_kind;
+	*level = slot + 1;
+	handlers.call(ctx, 0);
+	/* Reached only if the tail call failed. */
+	*level = slot;
+	count(COUNTER_DROPPED);
+	return 0;
+}
+
+#if defined(RAW_TRACEPOINTS) || defined(KPROBES)
+/* The tail-call target: handles the newest pending entry of this CPU. */
+int shared_handler(void *ctx)
+{
+	u32 zero = 0;
+	u32 *level = nesting.lookup(&zero);
+
+	if (!level || *level == 0)
+		return 0;
+	u32 slot = *level - 1;
+	struct pending *entry = pending.lookup(&slot);
+	if (entry)
+		handle_probe(ctx, slot, entry->probe_id, entry->func_ip, entry->arg, entry->arg_kind);
+	*level = slot;
+	return 0;
+}
+#endif
+
+/* One function per raw tracepoint: the program is the only way to know
  * which tracepoint fired. */
 #define RAWTP(probe_id, arg_index, arg_kind)                                    \
 	int rawtp_##probe_id(struct bpf_raw_tracepoint_args *ctx)               \
 	{                                                                       \
-		return handle_probe(ctx, probe_id, 0, ctx->args[arg_index], arg_kind); \
+		return enter(ctx, probe_id, 0, ctx->args[arg_index], arg_kind); \
 	}
 #ifdef RAW_TRACEPOINTS
 RAW_TRACEPOINTS
@@ -326,7 +395,7 @@ static inline __attribute__((always_inline)) u64 entry_ip(void *ctx)
 #define KPROBE(arg_index, arg_kind)                                             \
 	int kprobe_arg##arg_index##_kind##arg_kind(void *ctx)                   \
 	{                                                                       \
-		return handle_probe(ctx, (u32)-1, entry_ip(ctx), reg_arg(ctx, arg_index), arg_kind); \
+		return enter(ctx, (u32)-1, entry_ip(ctx), reg_arg(ctx, arg_index), arg_kind); \
 	}
 #ifdef KPROBES
 KPROBES
@@ -334,12 +403,23 @@ KPROBES
 
 #ifdef KPROBE_MULTI
 /* kprobe-multi: one function for every traced function; the cookie says
- * which function it is and where its socket argument is. */
+ * which function it is and where its socket argument is. It runs the
+ * handler itself (a kprobe-multi program may not tail-call a kprobe one). */
 int kprobe_multi_entry(void *ctx)
 {
+	u32 zero = 0;
+	u32 *level = nesting.lookup(&zero);
 	u64 cookie = bpf_get_attach_cookie(ctx);
 
-	return handle_probe(ctx, cookie >> COOKIE_PROBE_SHIFT, bpf_get_func_ip(ctx),
-			    reg_arg(ctx, cookie & 0xf), (cookie >> 4) & 0xf);
+	if (!level || *level >= MAX_NESTING) {
+		count(COUNTER_DROPPED);
+		return 0;
+	}
+	u32 slot = *level;
+	*level = slot + 1;
+	handle_probe(ctx, slot, cookie >> COOKIE_PROBE_SHIFT, bpf_get_func_ip(ctx),
+		     reg_arg(ctx, cookie & 0xf), (cookie >> 4) & 0xf);
+	*level = slot;
+	return 0;
 }
 #endif

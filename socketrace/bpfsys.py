@@ -71,9 +71,7 @@ def bpf_map_create(map_type: int, key_size: int, value_size: int, max_entries: i
     return _bpf(BPF_MAP_CREATE, _bpf_attr_map_create(map_type, key_size, value_size, max_entries, 0))
 
 
-def bpf_link_create_kprobe_multi(
-    prog_fd: int, symbols: list[str], cookies: list[int], is_return: bool = False
-) -> int:
+def bpf_link_create_kprobe_multi(prog_fd: int, symbols: list[str], cookies: list[int], is_return: bool = False) -> int:
     """Attach one kprobe-multi program to many functions at once; returns the link fd."""
     names = [name.encode() for name in symbols]
     syms = (ctypes.c_char_p * len(names))(*names)

@@ -37,7 +37,11 @@ U32 = click.IntRange(0, 0xFFFF_FFFF)
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--filter-pid", type=click.IntRange(1, 0x3FFFFFFF), help="Process id (thread group id).")
-@click.option("--filter-netns", metavar="INODE|PATH|NAME", help="Network namespace: inode, /proc/PID/ns/net, or a name in /run/netns.")
+@click.option(
+    "--filter-netns",
+    metavar="INODE|PATH|NAME",
+    help="Network namespace: inode, /proc/PID/ns/net, or a name in /run/netns.",
+)
 @click.option("--filter-mark", type=U32, help="Socket mark (sk_mark).")
 @click.option("--filter-protocol", metavar="PROTO", help="tcp, udp, icmp, icmpv6, sctp, udplite, mptcp, or a number.")
 @click.option("--filter-addr", metavar="ADDR", help="Local or remote IPv4 or IPv6 address.")
@@ -61,9 +65,19 @@ U32 = click.IntRange(0, 0xFFFF_FFFF)
     type=click.Choice(["sock", "socket", "tracepoint"]),
     help="List traceable functions (or raw tracepoints) by socket argument position, then exit.",
 )
-@click.option("--kernel-btf", metavar="PATH", default="/sys/kernel/btf/vmlinux", show_default=True, help="Raw BTF file or vmlinux ELF to read kernel types from.")
-@click.option("--skb-tracepoints", is_flag=True, help="Also trace raw tracepoints that take a struct sk_buff *, via skb->sk.")
-@click.option("--ebpf", "dump_program", is_flag=True, hidden=True, help="Print the BPF program and its macros, then exit.")
+@click.option(
+    "--kernel-btf",
+    metavar="PATH",
+    default="/sys/kernel/btf/vmlinux",
+    show_default=True,
+    help="Raw BTF file or vmlinux ELF to read kernel types from.",
+)
+@click.option(
+    "--skb-tracepoints", is_flag=True, help="Also trace raw tracepoints that take a struct sk_buff *, via skb->sk."
+)
+@click.option(
+    "--ebpf", "dump_program", is_flag=True, hidden=True, help="Print the BPF program and its macros, then exit."
+)
 def command(**flags: object) -> None:
     """Trace the kernel functions that handle sockets, filtered in the kernel."""
     options = build_options(**flags)  # type: ignore[arg-type]

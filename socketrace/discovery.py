@@ -134,9 +134,7 @@ FIELD_PATHS: dict[str, tuple[str, ...]] = {
 }
 
 # Without these the program cannot identify or filter a socket at all.
-REQUIRED_FIELDS = frozenset(
-    {"SK_FAMILY", "SK_DPORT", "SK_NUM", "SK_DADDR", "SK_RCV_SADDR", "SK_PROTOCOL", "SOCKET_SK"}
-)
+REQUIRED_FIELDS = frozenset({"SK_FAMILY", "SK_DPORT", "SK_NUM", "SK_DADDR", "SK_RCV_SADDR", "SK_PROTOCOL", "SOCKET_SK"})
 
 
 @dataclass

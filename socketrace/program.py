@@ -69,9 +69,7 @@ def plan_program(options: Options, discovery: Discovery, way: AttachWay, feature
 
 def macro_definitions(options: Options, fields: dict[str, FieldLocation], features: Features) -> dict[str, str]:
     """Filters, outputs, field locations and platform facts as macro name -> integer text."""
-    macros: dict[str, str] = {
-        name: f"{loc.offset},{loc.size},{loc.shift},{loc.bits}" for name, loc in fields.items()
-    }
+    macros: dict[str, str] = {name: f"{loc.offset},{loc.size},{loc.shift},{loc.bits}" for name, loc in fields.items()}
     macros.update(_filter_macros(options.filters))
     output = options.output
     for enabled, name in (
@@ -185,4 +183,3 @@ def program_listing(plan: ProgramPlan) -> str:
     source = (bpf_sources() / SOURCE_NAME).read_text()
     defines = "\n".join(f"#define {name} {value}" for name, value in sorted(plan.macros.items()))
     return f"/* -D macros for this run */\n{defines}\n\n{source}"
-

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -106,7 +105,7 @@ def _output(path: str | None, stdout: TextIO) -> Iterator[TextIO]:
         yield stdout
         return
     try:
-        sink = open(path, "w")
+        sink = open(path, "w")  # noqa: SIM115 -- closed by the with below
     except OSError as err:
         raise RunError(f"--output-file: cannot open {path}: {err.strerror}") from None
     with sink:

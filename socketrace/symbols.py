@@ -13,8 +13,8 @@ __all__ = [
     "KernelSymbols",
     "family_name",
     "protocol_name",
-    "socket_state_name",
     "sock_type_name",
+    "socket_state_name",
     "tcp_state_name",
 ]
 

@@ -8,6 +8,7 @@ for, or the best the kernel has (kprobe-multi, then kprobe, then tracepoint).
 
 from __future__ import annotations
 
+import ctypes
 import logging
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -61,6 +62,11 @@ class Attacher(ABC):
         self.bpf = bpf
         self.way = way
         self.report = AttachReport()
+
+    def install_shared_handler(self, prog_type: int) -> None:
+        """Load the handler the entry points tail-call, for their program type."""
+        handler = self.bpf.load_func(b"shared_handler", prog_type)
+        self.bpf["handlers"][ctypes.c_int(0)] = ctypes.c_int(handler.fd)
 
     def attach(self, probes: tuple[Probe, ...]) -> AttachReport:
         log.info("Attaching kprobes (via %s) to %d %s", self.way.value, len(probes), self.noun)

@@ -29,6 +29,9 @@ class RawTracepointAttacher(Attacher):
         self._attached: list[str] = []
 
     def _attach(self, probes: tuple[Probe, ...], progress: tqdm) -> None:
+        from bcc import BPF
+
+        self.install_shared_handler(BPF.RAW_TRACEPOINT)
         for probe_id, probe in enumerate(probes):
             try:
                 self.bpf.attach_raw_tracepoint(tp=probe.name.encode(), fn_name=f"rawtp_{probe_id}".encode())

@@ -45,9 +45,7 @@ def format_tuple(event: Event) -> str:
 class TextFormatter:
     """Turns records into lines; ``name_of`` gives the traced function's name."""
 
-    def __init__(
-        self, spec: OutputSpec, name_of: Callable[[Event], str], symbols: KernelSymbols | None = None
-    ) -> None:
+    def __init__(self, spec: OutputSpec, name_of: Callable[[Event], str], symbols: KernelSymbols | None = None) -> None:
         self._spec = spec
         self._name_of = name_of
         self._symbols = symbols
