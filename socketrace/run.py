@@ -36,7 +36,7 @@ class RunError(Exception):
 
 
 class StopRequested(Exception):
-    """SIGTERM arrived: end the run as Ctrl+C does."""
+    """SIGINT or SIGTERM arrived: end the run, detaching everything."""
 
 
 def run(options: Options, stdout: TextIO) -> int:
@@ -57,7 +57,7 @@ def run(options: Options, stdout: TextIO) -> int:
     if not plan.probes:
         raise RunError("no probe matches: check --filter-funcs")
     bpf = compile_program(plan)
-    with _output(options.output.file, stdout) as sink, _stop_on_sigterm():
+    with _output(options.output.file, stdout) as sink, _stop_on_signals():
         reader = EventReader(bpf, use_perf_buffer=not features.ring_buffer)
         names = [probe.name for probe in plan.probes]
         symbols = KernelSymbols.from_kallsyms() if options.output.stack else None
@@ -89,7 +89,7 @@ def _print_events(reader: EventReader, formatter: TextFormatter, sink: TextIO, l
                 sink.write("".join(formatter.format(record) + "\n" for record in records))
                 sink.flush()
                 printed += len(records)
-    except (KeyboardInterrupt, StopRequested):
+    except StopRequested:
         pass
     except BrokenPipeError:
         # The reader went away (`| head`): stop quietly, and keep Python's
@@ -113,15 +113,19 @@ def _output(path: str | None, stdout: TextIO) -> Iterator[TextIO]:
 
 
 @contextmanager
-def _stop_on_sigterm() -> Iterator[None]:
+def _stop_on_signals() -> Iterator[None]:
+    """SIGINT and SIGTERM stop the run, even where SIGINT was ignored at start
+    (a background job of a non-interactive shell), as `kill -INT` users expect."""
+
     def stop(_signum: int, _frame: object) -> None:
         raise StopRequested
 
-    previous = signal.signal(signal.SIGTERM, stop)
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def list_functions(discovery: Discovery, what: str) -> str:

@@ -102,8 +102,9 @@ def test_not_btf() -> None:
 def _bpftool_raw_dump(path: Path) -> dict[int, dict]:
     """An independent parse of `bpftool btf dump format raw`, the oracle."""
     bpftool = require_tool("bpftool")
-    text = subprocess.run([bpftool, "btf", "dump", "file", str(path), "format", "raw"], check=True,
-                          capture_output=True, text=True).stdout
+    text = subprocess.run(
+        [bpftool, "btf", "dump", "file", str(path), "format", "raw"], check=True, capture_output=True, text=True
+    ).stdout
     types: dict[int, dict] = {}
     current: dict = {}
     for line in text.splitlines():

@@ -1,0 +1,85 @@
+"""Real socket traffic for the tracing tests: TCP and UDP exchanges over loopback."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+LOOPBACK = {socket.AF_INET: "127.0.0.1", socket.AF_INET6: "::1"}
+
+
+@dataclass(frozen=True)
+class Exchange:
+    """What one exchange used: the client's port and its socket's inode."""
+
+    client_port: int
+    client_inode: int
+
+
+def tcp_exchange(port: int, family: int = socket.AF_INET, host: str | None = None, mark: int = 0) -> Exchange:
+    """Listen, connect, send a request, echo it back, close both ends."""
+    host = host or LOOPBACK[family]
+    with socket.socket(family, socket.SOCK_STREAM) as server:
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind((host, port))
+        server.listen()
+
+        def serve() -> None:
+            conn, _ = server.accept()
+            with conn:
+                conn.sendall(conn.recv(100))
+
+        thread = threading.Thread(target=serve)
+        thread.start()
+        with socket.socket(family, socket.SOCK_STREAM) as client:
+            if mark:
+                client.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, mark)
+            client.connect((host, port))
+            client.sendall(b"ping")
+            assert client.recv(100) == b"ping"
+            exchange = Exchange(client.getsockname()[1], _inode(client))
+        thread.join(timeout=10)
+    return exchange
+
+
+def udp_exchange(port: int, family: int = socket.AF_INET, host: str | None = None) -> Exchange:
+    """A connected UDP client sends a datagram; the server answers it."""
+    host = host or LOOPBACK[family]
+    with socket.socket(family, socket.SOCK_DGRAM) as server, socket.socket(family, socket.SOCK_DGRAM) as client:
+        server.bind((host, port))
+        client.connect((host, port))
+        client.send(b"ping")
+        data, peer = server.recvfrom(100)
+        server.sendto(data, peer)
+        assert client.recv(100) == b"ping"
+        return Exchange(client.getsockname()[1], _inode(client))
+
+
+def _inode(sock: socket.socket) -> int:
+    return os.fstat(sock.fileno()).st_ino
+
+
+def run_python(code: str, netns: str | None = None) -> str:
+    """Run Python code in another process (inside a network namespace if given); its stdout."""
+    prefix = ["ip", "netns", "exec", netns] if netns else []
+    preamble = f"import sys; sys.path[:0] = {sys.path!r}; "
+    result = subprocess.run(
+        [*prefix, sys.executable, "-c", preamble + code],
+        cwd=Path(__file__).parents[2],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    return result.stdout
+
+
+def tcp_exchange_elsewhere(port: int, netns: str | None = None) -> int:
+    """tcp_exchange() in another process; returns the client's port."""
+    code = f"from tests.kernel.traffic import tcp_exchange; print(tcp_exchange({port}).client_port)"
+    return int(run_python(code, netns))

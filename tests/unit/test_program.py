@@ -1,0 +1,98 @@
+"""Options and discovery become the program's -D macros: integers only, one macro per fact."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import sys
+
+from socketrace.discovery import MISSING_FIELD, ArgKind, Discovery, FieldLocation, Probe, ProbeKind
+from socketrace.features import Features
+from socketrace.options import AttachWay, Filters, Options, OutputSpec
+from socketrace.program import kernel_version_code, macro_definitions, plan_program, program_listing
+
+FIELDS = {
+    "SK_FAMILY": FieldLocation(16, 2, 0, 16),
+    "SK_REUSEPORT": FieldLocation(19, 1, 4, 1),
+    "SK_GONE": MISSING_FIELD,
+}
+RING = Features(ring_buffer=True, kprobes=False)
+INTEGER_LIST = re.compile(r"^-?\d+U?(,-?\d+)*$")
+
+
+def _macros(**filters: object) -> dict[str, str]:
+    return macro_definitions(Options(filters=Filters(**filters)), FIELDS, RING)  # type: ignore[arg-type]
+
+
+def test_fields_are_offset_size_shift_bits() -> None:
+    macros = _macros()
+    assert macros["SK_FAMILY"] == "16,2,0,16"
+    assert macros["SK_REUSEPORT"] == "19,1,4,1"
+    assert macros["SK_GONE"] == "-1,0,0,0"
+
+
+def test_no_filter_no_filter_macro() -> None:
+    assert not [name for name in _macros() if name.startswith("FILTER_")]
+
+
+def test_each_filter_has_its_macro() -> None:
+    macros = _macros(pid=42, netns=4026531840, mark=7, protocol=6, port=22)
+    assert macros["FILTER_PID"] == "42"
+    assert macros["FILTER_NETNS"] == "4026531840"
+    assert macros["FILTER_MARK"] == "7"
+    assert macros["FILTER_PROTOCOL"] == "6"
+    assert macros["FILTER_PORT"] == "22"
+    assert macros["FILTER_INET"] == "1"
+
+
+def test_ipv4_address_also_matches_its_mapped_ipv6_form() -> None:
+    macros = _macros(addr=ipaddress.ip_address("127.0.0.1"))
+    packed = bytes([127, 0, 0, 1])
+    assert macros["FILTER_ADDR4"] == str(int.from_bytes(packed, sys.byteorder))
+    words = [int(macros[f"FILTER_ADDR6_{i}"].rstrip("U")) for i in range(4)]
+    assert b"".join(w.to_bytes(4, sys.byteorder) for w in words) == b"\0" * 10 + b"\xff\xff" + packed
+    assert macros["FILTER_INET"] == "1"
+
+
+def test_ipv6_address() -> None:
+    macros = _macros(addr=ipaddress.ip_address("::1"))
+    assert "FILTER_ADDR4" not in macros
+    assert [macros[f"FILTER_ADDR6_{i}"] for i in range(4)] == [
+        "0U",
+        "0U",
+        "0U",
+        str(1 << 24 if sys.byteorder == "little" else 1) + "U",
+    ]
+
+
+def test_outputs_and_buffer() -> None:
+    options = Options(output=OutputSpec(sock_info=True, stack=True))
+    macros = macro_definitions(options, FIELDS, Features(ring_buffer=False, kprobes=False))
+    assert macros["OUTPUT_SOCK_INFO"] == "1"
+    assert macros["OUTPUT_STACK"] == "1"
+    assert macros["USE_PERF_BUFFER"] == "1"
+    assert "OUTPUT_SOCKET_INFO" not in macros
+
+
+def test_every_macro_is_integers_only() -> None:
+    options = Options(filters=Filters(pid=1, netns=2, mark=3, protocol=4, port=5, addr=ipaddress.ip_address("::1")))
+    probes = [
+        Probe("inet_sock_set_state", 0, ArgKind.SOCK, ProbeKind.TRACEPOINT),
+        Probe("kfree_skb", 1, ArgKind.SKB, ProbeKind.TRACEPOINT),
+    ]
+    plan = plan_program(options, Discovery([], probes, dict(FIELDS)), AttachWay.TRACEPOINT, RING)
+    for name, value in plan.macros.items():
+        if name == "RAW_TRACEPOINTS":
+            assert value == "RAWTP(0,0,0)RAWTP(1,1,2)"
+        else:
+            assert INTEGER_LIST.match(value), (name, value)
+    assert "-DFILTER_PORT=5" in plan.cflags
+    listing = program_listing(plan)
+    assert "#define FILTER_PORT 5" in listing
+    assert "int handle_probe" in listing or "handle_probe(" in listing
+
+
+def test_kernel_version_code() -> None:
+    assert kernel_version_code("6.18.44-fc-v595") == (6 << 16) + (18 << 8) + 44
+    assert kernel_version_code("5.4.300") == (5 << 16) + (4 << 8) + 255
+    assert kernel_version_code("6.1") == (6 << 16) + (1 << 8)
