@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TextIO
@@ -41,7 +40,6 @@ class StopRequested(Exception):
 
 def run(options: Options, stdout: TextIO) -> int:
     """Trace until stopped; returns the exit status."""
-    started = time.monotonic()
     if options.list_funcs:
         stdout.write(list_functions(discover(options, with_functions=True), options.list_funcs))
         return 0
@@ -65,7 +63,7 @@ def run(options: Options, stdout: TextIO) -> int:
         with make_attacher(bpf, way) as attacher:
             if attacher.attach(plan.probes).attached == 0:
                 raise AttachError("no probe could be attached")
-            log.info("Ready in %.2f s", time.monotonic() - started)
+            log.info("Ready %.2f s after start", _seconds_since_process_start())
             log.info("Press Ctrl+C to stop")
             printed = _print_events(reader, formatter, sink, options.output.limit_lines)
         losses = reader.losses()
@@ -73,6 +71,15 @@ def run(options: Options, stdout: TextIO) -> int:
     if losses.stack_errors:
         log.info("%d stacks could not be read", losses.stack_errors)
     return 0
+
+
+def _seconds_since_process_start() -> float:
+    """From exec to now, as the kernel counts it (interpreter start-up included)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    with open("/proc/self/stat") as stat:
+        start_ticks = int(stat.read().rsplit(")", 1)[1].split()[19])
+    with open("/proc/uptime") as uptime:
+        return float(uptime.read().split()[0]) - start_ticks / ticks
 
 
 def _print_events(reader: EventReader, formatter: TextFormatter, sink: TextIO, limit: int) -> int:
@@ -139,7 +146,7 @@ def list_functions(discovery: Discovery, what: str) -> str:
         noun = f"Functions with struct {what} * as argument"
     lines = []
     for position in sorted({probe.arg_index for probe in probes}):
-        lines.append(f"{noun} {position + 1 if what != 'tracepoint' else f'[{position}]'}:")
+        lines.append(f"{noun}[{position}]:" if what == "tracepoint" else f"{noun} {position + 1}:")
         lines.extend(f"  {probe.name}" for probe in probes if probe.arg_index == position)
     lines.append(f"Total: {len(probes)}")
     return "\n".join(lines) + "\n"

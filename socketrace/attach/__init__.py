@@ -55,7 +55,9 @@ def choose_way(requested: AttachWay, features: Features) -> AttachWay:
 class Attacher(ABC):
     """Attaches the probes of one program; detaches them on exit."""
 
-    #: How the log lines name what is attached, e.g. "raw tracepoints".
+    #: How the log lines name what is attached and where, as the original's
+    #: "Attaching kprobes (via kprobe-multi) to 1090 functions".
+    what = "kprobes"
     noun = "functions"
 
     def __init__(self, bpf: BPF, way: AttachWay) -> None:
@@ -69,10 +71,10 @@ class Attacher(ABC):
         self.bpf["handlers"][ctypes.c_int(0)] = ctypes.c_int(handler.fd)
 
     def attach(self, probes: tuple[Probe, ...]) -> AttachReport:
-        log.info("Attaching kprobes (via %s) to %d %s", self.way.value, len(probes), self.noun)
+        log.info("Attaching %s (via %s) to %d %s", self.what, self.way.value, len(probes), self.noun)
         with tqdm(total=len(probes), unit=" probes", leave=False, disable=None) as progress:
             self._attach(probes, progress)
-        log.info("Attached kprobes (via %s) to %d %s", self.way.value, self.report.attached, self.noun)
+        log.info("Attached %s (via %s) to %d %s", self.what, self.way.value, self.report.attached, self.noun)
         for name, reason in sorted(self.report.failed.items()):
             log.warning("Could not attach %s: %s", name, reason)
         return self.report

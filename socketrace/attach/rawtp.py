@@ -22,6 +22,7 @@ log = logging.getLogger("socketrace")
 class RawTracepointAttacher(Attacher):
     """One program per tracepoint (``rawtp_<probe id>``), since raw tracepoints carry no cookie."""
 
+    what = "probes"
     noun = "raw tracepoints"
 
     def __init__(self, bpf: BPF, way: AttachWay) -> None:
@@ -45,7 +46,7 @@ class RawTracepointAttacher(Attacher):
     def detach(self) -> None:
         if not self._attached:
             return
-        log.info("Detaching kprobes (via %s) from %d %s", self.way.value, len(self._attached), self.noun)
+        log.info("Detaching %s (via %s) from %d %s", self.what, self.way.value, len(self._attached), self.noun)
         with tqdm(total=len(self._attached), unit=" probes", leave=False, disable=None) as progress:
             while self._attached:
                 self.bpf.detach_raw_tracepoint(tp=self._attached.pop().encode())
