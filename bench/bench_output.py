@@ -18,6 +18,7 @@ from collections.abc import Callable
 from socketrace.events import Event, decode_record
 from socketrace.options import OutputSpec
 from socketrace.output.text import TextFormatter
+from socketrace.symbols import ProbeNames
 
 NAMES = ["tcp_sendmsg", "tcp_recvmsg", "inet_sock_set_state"]
 
@@ -62,7 +63,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=256, help="records per poll")
     args = parser.parse_args()
     records = synthetic_records(args.events)
-    formatter = TextFormatter(OutputSpec(), lambda event: NAMES[event.probe_id])
+    formatter = TextFormatter(OutputSpec(), ProbeNames(NAMES).name_of)
     with open(os.devnull, "w") as sink:
         baseline = measure(lambda: per_event(records, formatter, sink), args.events)
         ours = measure(lambda: batched(records, formatter, sink, args.batch), args.events)

@@ -12,16 +12,20 @@ import platform
 
 __all__ = [
     "BPF_MAP_TYPE_RINGBUF",
+    "BPF_PROG_TYPE_KPROBE",
     "BPF_TRACE_KPROBE_MULTI",
     "bpf_link_create_kprobe_multi",
     "bpf_map_create",
+    "bpf_prog_load",
 ]
 
 # Syscall numbers of bpf(2) per machine.
 _SYS_BPF = {"x86_64": 321, "aarch64": 280}
 
 BPF_MAP_CREATE = 0
+BPF_PROG_LOAD = 5
 BPF_LINK_CREATE = 28
+BPF_PROG_TYPE_KPROBE = 2
 BPF_MAP_TYPE_RINGBUF = 27
 BPF_TRACE_KPROBE_MULTI = 42
 BPF_F_KPROBE_MULTI_RETURN = 1
@@ -36,6 +40,23 @@ class _bpf_attr_map_create(ctypes.Structure):
         ("value_size", ctypes.c_uint32),
         ("max_entries", ctypes.c_uint32),
         ("map_flags", ctypes.c_uint32),
+    ]
+
+
+class _bpf_attr_prog_load(ctypes.Structure):
+    _fields_ = [
+        ("prog_type", ctypes.c_uint32),
+        ("insn_cnt", ctypes.c_uint32),
+        ("insns", ctypes.c_uint64),
+        ("license", ctypes.c_uint64),
+        ("log_level", ctypes.c_uint32),
+        ("log_size", ctypes.c_uint32),
+        ("log_buf", ctypes.c_uint64),
+        ("kern_version", ctypes.c_uint32),
+        ("prog_flags", ctypes.c_uint32),
+        ("prog_name", ctypes.c_char * 16),
+        ("prog_ifindex", ctypes.c_uint32),
+        ("expected_attach_type", ctypes.c_uint32),
     ]
 
 
@@ -69,6 +90,20 @@ def _bpf(command: int, attr: ctypes.Structure) -> int:
 def bpf_map_create(map_type: int, key_size: int, value_size: int, max_entries: int) -> int:
     """Create a map; used to probe for map types (e.g. ring buffers)."""
     return _bpf(BPF_MAP_CREATE, _bpf_attr_map_create(map_type, key_size, value_size, max_entries, 0))
+
+
+def bpf_prog_load(prog_type: int, instructions: bytes, expected_attach_type: int = 0) -> int:
+    """Load raw instructions (8 bytes each) as a GPL program; for feature probes."""
+    code = ctypes.create_string_buffer(instructions, len(instructions))
+    license_text = ctypes.create_string_buffer(b"GPL")
+    attr = _bpf_attr_prog_load(
+        prog_type=prog_type,
+        insn_cnt=len(instructions) // 8,
+        insns=ctypes.addressof(code),
+        license=ctypes.addressof(license_text),
+        expected_attach_type=expected_attach_type,
+    )
+    return _bpf(BPF_PROG_LOAD, attr)
 
 
 def bpf_link_create_kprobe_multi(prog_fd: int, symbols: list[str], cookies: list[int], is_return: bool = False) -> int:

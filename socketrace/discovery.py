@@ -9,6 +9,7 @@ and bit location of every ``struct sock`` field the BPF program reads.
 
 from __future__ import annotations
 
+import platform
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ __all__ = [
     "discover",
     "find_socket_probes",
     "kernel_field_locations",
+    "register_offsets",
     "traceable_functions",
 ]
 
@@ -133,6 +135,13 @@ FIELD_PATHS: dict[str, tuple[str, ...]] = {
     "SKB_SK": ("sk_buff.sk",),
 }
 
+# The kprobe entries read arguments from struct pt_regs: the registers of
+# the first five arguments, then the instruction pointer (kernel calling
+# convention, arch/*/include/asm/ptrace.h).
+REGISTER_PATHS: dict[str, tuple[str, ...]] = {
+    "x86_64": ("pt_regs.di", "pt_regs.si", "pt_regs.dx", "pt_regs.cx", "pt_regs.r8", "pt_regs.ip"),
+}
+
 # Without these the program cannot identify or filter a socket at all.
 REQUIRED_FIELDS = frozenset({"SK_FAMILY", "SK_DPORT", "SK_NUM", "SK_DADDR", "SK_RCV_SADDR", "SK_PROTOCOL", "SOCKET_SK"})
 
@@ -146,6 +155,7 @@ class Discovery:
     fields: dict[str, FieldLocation]
     skipped: Counter[str] = field(default_factory=Counter)
     function_source: str = ""
+    registers: dict[str, int] = field(default_factory=dict)
 
 
 def find_socket_probes(protos: list[FuncProto], btf: Btf, kind: ProbeKind, skb: bool = False) -> list[Probe]:
@@ -192,6 +202,18 @@ def kernel_field_locations(btf: Btf) -> dict[str, FieldLocation]:
             raise DiscoveryError(f"kernel BTF has no {' or '.join(paths)}")
     fields["SOCKET_INODE_INO"] = _socket_inode_number(btf)
     return fields
+
+
+def register_offsets(btf: Btf, machine: str) -> dict[str, int]:
+    """``REG_ARG0``..``REG_ARG4`` and ``REG_IP``: byte offsets in struct pt_regs."""
+    paths = REGISTER_PATHS.get(machine)
+    if paths is None:
+        raise DiscoveryError(f"kprobes are not supported on {machine} yet")
+    names = [f"REG_ARG{index}" for index in range(MAX_FUNC_ARGS)] + ["REG_IP"]
+    try:
+        return {name: btf.member(path).byte_offset for name, path in zip(names, paths)}
+    except BtfError as err:
+        raise DiscoveryError(str(err)) from err
 
 
 def _socket_inode_number(btf: Btf) -> FieldLocation:
@@ -295,10 +317,12 @@ def discover(options: Options, with_functions: bool) -> Discovery:
     skipped: Counter[str] = Counter()
     functions: list[Probe] = []
     source = ""
+    registers: dict[str, int] = {}
     if with_functions:
         candidates = find_socket_probes(btf.functions(), btf, ProbeKind.FUNCTION)
         traceable, source = traceable_functions()
         functions = _select_functions(candidates, traceable, kprobe_blacklist(), options.filter_funcs, skipped)
+        registers = register_offsets(btf, platform.machine())
     tracepoints = [
         probe
         for probe in find_socket_probes(btf.raw_tracepoints(), btf, ProbeKind.TRACEPOINT, options.skb_tracepoints)
@@ -308,4 +332,4 @@ def discover(options: Options, with_functions: bool) -> Discovery:
         fields = kernel_field_locations(btf)
     except BtfError as err:
         raise DiscoveryError(str(err)) from err
-    return Discovery(functions, tracepoints, fields, skipped, source)
+    return Discovery(functions, tracepoints, fields, skipped, source, registers)

@@ -1,16 +1,33 @@
-"""What the running kernel can do, found by trying rather than by version numbers."""
+"""What the running kernel can do, found by trying rather than by version numbers.
+
+Each probe loads or creates the smallest object that needs the feature and
+closes it at once; a refusal means the feature is missing.
+"""
 
 from __future__ import annotations
 
 import os
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
 from . import bpfsys
+from .discovery import AVAILABLE_FILTER_FUNCTIONS
 
 __all__ = ["Features", "detect_features"]
 
 KPROBE_PMU = Path("/sys/bus/event_source/devices/kprobe/type")
+BPF_FUNC_GET_FUNC_IP = 173
+
+
+def _insn(code: int, regs: int = 0, offset: int = 0, imm: int = 0) -> bytes:
+    return struct.pack("<BBhi", code, regs, offset, imm)
+
+
+# r0 = 0; exit
+_RETURN_ZERO = _insn(0xB7) + _insn(0x95)
+# call bpf_get_func_ip(ctx); r0 = 0; exit
+_CALL_GET_FUNC_IP = _insn(0x85, imm=BPF_FUNC_GET_FUNC_IP) + _RETURN_ZERO
 
 
 @dataclass(frozen=True)
@@ -19,10 +36,18 @@ class Features:
 
     ring_buffer: bool
     kprobes: bool
+    kprobe_multi: bool = False
+    get_func_ip: bool = False  # bpf_get_func_ip() in classic kprobes (5.15+)
 
 
 def detect_features() -> Features:
-    return Features(ring_buffer=_has_ring_buffer(), kprobes=KPROBE_PMU.exists())
+    kprobes = KPROBE_PMU.exists()
+    return Features(
+        ring_buffer=_has_ring_buffer(),
+        kprobes=kprobes,
+        kprobe_multi=kprobes and _has_kprobe_multi(),
+        get_func_ip=kprobes and _loads(_CALL_GET_FUNC_IP),
+    )
 
 
 def _has_ring_buffer() -> bool:
@@ -33,3 +58,39 @@ def _has_ring_buffer() -> bool:
         return False
     os.close(fd)
     return True
+
+
+def _loads(instructions: bytes, expected_attach_type: int = 0) -> int | None:
+    """Load a kprobe program; its fd, or None when the kernel refuses it."""
+    try:
+        return bpfsys.bpf_prog_load(bpfsys.BPF_PROG_TYPE_KPROBE, instructions, expected_attach_type)
+    except OSError:
+        return None
+
+
+def _has_kprobe_multi() -> bool:
+    """Attach a do-nothing kprobe-multi program to one traceable function (5.18+, CONFIG_FPROBE)."""
+    symbol = _first_traceable_function()
+    prog_fd = _loads(_RETURN_ZERO, bpfsys.BPF_TRACE_KPROBE_MULTI)
+    if symbol is None or prog_fd is None:
+        return False
+    try:
+        os.close(bpfsys.bpf_link_create_kprobe_multi(prog_fd, [symbol], [0]))
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(prog_fd)
+
+
+def _first_traceable_function() -> str | None:
+    for path in AVAILABLE_FILTER_FUNCTIONS:
+        try:
+            with open(path) as functions:
+                for line in functions:
+                    name = line.split()[0]
+                    if "." not in name:
+                        return name
+        except OSError:
+            continue
+    return None

@@ -33,6 +33,8 @@ __all__ = [
     "bpf_sources",
     "compile_program",
     "kernel_version_code",
+    "kprobe_entry_name",
+    "kprobe_multi_cookie",
     "macro_definitions",
     "plan_program",
     "program_listing",
@@ -63,7 +65,11 @@ def plan_program(options: Options, discovery: Discovery, way: AttachWay, feature
     """Choose the probes the backend serves and build the program's macros."""
     probes = tuple(discovery.tracepoints if way is AttachWay.TRACEPOINT else discovery.functions)
     macros = macro_definitions(options, discovery.fields, features)
-    macros.update(_entry_macros(way, probes, discovery.fields))
+    macros.update(_entry_macros(way, probes))
+    if way in (AttachWay.KPROBE, AttachWay.KPROBE_MULTI):
+        macros.update({name: str(offset) for name, offset in discovery.registers.items()})
+        if features.get_func_ip:
+            macros["HAVE_GET_FUNC_IP"] = "1"
     return ProgramPlan(way, probes, macros)
 
 
@@ -112,7 +118,7 @@ def _filter_macros(filters: Filters) -> dict[str, str]:
     return macros
 
 
-def _entry_macros(way: AttachWay, probes: tuple[Probe, ...], fields: dict[str, FieldLocation]) -> dict[str, str]:
+def _entry_macros(way: AttachWay, probes: tuple[Probe, ...]) -> dict[str, str]:
     """The entry points the backend attaches, as X-macro lists of integers."""
     if way is AttachWay.TRACEPOINT:
         assert all(probe.kind is ProbeKind.TRACEPOINT for probe in probes)
@@ -120,7 +126,20 @@ def _entry_macros(way: AttachWay, probes: tuple[Probe, ...], fields: dict[str, F
             f"RAWTP({probe_id},{probe.arg_index},{int(probe.arg_kind)})" for probe_id, probe in enumerate(probes)
         )
         return {"RAW_TRACEPOINTS": entries}
-    raise ProgramError(f"no entry points for --kprobe-way {way.value}")
+    if way is AttachWay.KPROBE:
+        positions = sorted({(probe.arg_index, int(probe.arg_kind)) for probe in probes})
+        return {"KPROBES": "".join(f"KPROBE({index},{kind})" for index, kind in positions)}
+    return {"KPROBE_MULTI": "1"}
+
+
+def kprobe_entry_name(probe: Probe) -> str:
+    """The classic kprobe entry function serving this probe's argument position."""
+    return f"kprobe_arg{probe.arg_index}_kind{int(probe.arg_kind)}"
+
+
+def kprobe_multi_cookie(probe_id: int, probe: Probe) -> int:
+    """What the kprobe-multi entry learns from bpf_get_attach_cookie()."""
+    return probe_id << 8 | int(probe.arg_kind) << 4 | probe.arg_index
 
 
 def kernel_version_code(release: str) -> int:
@@ -165,6 +184,8 @@ def compile_program(plan: ProgramPlan) -> BPF:
     program needs no kernel definitions, and headers of another kernel
     would only slow the compile down.
     """
+    # BCC reads its per-process probe cap when imported; classic kprobes need one per function.
+    os.environ.setdefault("BCC_PROBE_LIMIT", "100000")
     try:
         from bcc import BPF  # imported only by the stages that need the kernel
     except ImportError:

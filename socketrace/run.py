@@ -20,8 +20,8 @@ from .events import EventReader, Record
 from .features import detect_features
 from .options import AttachWay, Options
 from .output.text import TextFormatter, header
-from .program import compile_program, plan_program, program_listing
-from .symbols import KernelSymbols
+from .program import ProgramPlan, compile_program, plan_program, program_listing
+from .symbols import KernelSymbols, ProbeNames
 
 __all__ = ["RunError", "StopRequested", "list_functions", "run"]
 
@@ -55,22 +55,32 @@ def run(options: Options, stdout: TextIO) -> int:
     if not plan.probes:
         raise RunError("no probe matches: check --filter-funcs")
     bpf = compile_program(plan)
+    printed = 0
     with _output(options.output.file, stdout) as sink, _stop_on_signals():
         reader = EventReader(bpf, use_perf_buffer=not features.ring_buffer)
-        names = [probe.name for probe in plan.probes]
         symbols = KernelSymbols.from_kallsyms() if options.output.stack else None
-        formatter = TextFormatter(options.output, lambda event: names[event.probe_id], symbols)
-        with make_attacher(bpf, way) as attacher:
-            if attacher.attach(plan.probes).attached == 0:
-                raise AttachError("no probe could be attached")
-            log.info("Ready %.2f s after start", _seconds_since_process_start())
-            log.info("Press Ctrl+C to stop")
-            printed = _print_events(reader, formatter, sink, options.output.limit_lines)
+        formatter = TextFormatter(options.output, _probe_names(plan).name_of, symbols)
+        try:
+            with make_attacher(bpf, way) as attacher:
+                if attacher.attach(plan.probes).attached == 0:
+                    raise AttachError("no probe could be attached")
+                log.info("Ready %.2f s after start", _seconds_since_process_start())
+                log.info("Press Ctrl+C to stop")
+                printed = _print_events(reader, formatter, sink, options.output.limit_lines)
+        except StopRequested:
+            log.info("Stopped while attaching")
         losses = reader.losses()
     log.info("%d events printed, %d dropped (buffer full)", printed, losses.dropped)
     if losses.stack_errors:
         log.info("%d stacks could not be read", losses.stack_errors)
     return 0
+
+
+def _probe_names(plan: ProgramPlan) -> ProbeNames:
+    names = [probe.name for probe in plan.probes]
+    if plan.way is not AttachWay.KPROBE:
+        return ProbeNames(names)
+    return ProbeNames(names, KernelSymbols.from_kallsyms().address_of(set(names)))
 
 
 def _seconds_since_process_start() -> float:

@@ -11,6 +11,7 @@ from collections.abc import Iterable
 
 __all__ = [
     "KernelSymbols",
+    "ProbeNames",
     "family_name",
     "protocol_name",
     "sock_type_name",
@@ -154,9 +155,39 @@ class KernelSymbols:
                     symbols.append((int(address, 16), name))
         return cls(symbols)
 
+    def address_of(self, names: set[str]) -> dict[str, int]:
+        """Addresses of the given function names (unique names only are ever asked for)."""
+        return {name: address for address, name in zip(self._addresses, self._names) if name in names}
+
     def describe(self, address: int) -> str:
         index = bisect.bisect_right(self._addresses, address) - 1
         if index < 0 or not address:
             return f"0x{address:x}"
         offset = address - self._addresses[index]
         return f"{self._names[index]}+0x{offset:x}" if offset else self._names[index]
+
+
+class ProbeNames:
+    """The traced function's name for an event, never a hex address.
+
+    Tracepoints and kprobe-multi report a probe id. Classic kprobes report the
+    function's address: exact from bpf_get_func_ip(), or the instruction pointer
+    just past the entry breakpoint on older kernels, hence the small tolerance.
+    """
+
+    NO_PROBE_ID = 0xFFFF_FFFF
+    IP_TOLERANCE = 16
+
+    def __init__(self, names: list[str], addresses: dict[str, int] | None = None) -> None:
+        self._names = names
+        by_address = sorted((address, name) for name, address in (addresses or {}).items())
+        self._addresses = [address for address, _ in by_address]
+        self._by_address = [name for _, name in by_address]
+
+    def name_of(self, probe_id: int, func_ip: int) -> str:
+        if probe_id != self.NO_PROBE_ID:
+            return self._names[probe_id]
+        index = bisect.bisect_right(self._addresses, func_ip) - 1
+        if index >= 0 and func_ip - self._addresses[index] <= self.IP_TOLERANCE:
+            return self._by_address[index]
+        return f"unknown+0x{func_ip:x}"

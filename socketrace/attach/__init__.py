@@ -42,6 +42,7 @@ class AttachReport:
 def choose_way(requested: AttachWay, features: Features) -> AttachWay:
     """The backend to use; a forced backend the kernel lacks is an AttachError."""
     available = {
+        AttachWay.KPROBE_MULTI: features.kprobe_multi,
         AttachWay.KPROBE: features.kprobes,
         AttachWay.TRACEPOINT: True,
     }
@@ -97,7 +98,13 @@ class Attacher(ABC):
 
 
 def make_attacher(bpf: BPF, way: AttachWay) -> Attacher:
+    from .kprobe import KprobeAttacher
+    from .kprobe_multi import KprobeMultiAttacher
     from .rawtp import RawTracepointAttacher
 
-    backends: dict[AttachWay, type[Attacher]] = {AttachWay.TRACEPOINT: RawTracepointAttacher}
+    backends: dict[AttachWay, type[Attacher]] = {
+        AttachWay.KPROBE_MULTI: KprobeMultiAttacher,
+        AttachWay.KPROBE: KprobeAttacher,
+        AttachWay.TRACEPOINT: RawTracepointAttacher,
+    }
     return backends[way](bpf, way)

@@ -54,7 +54,8 @@ class TextFormatter:
         event = record.event
         spec = self._spec
         process = f"{event.tgid}({event.comm.decode(errors='replace')})"
-        parts = [f"{event.cpu:<{CPU_WIDTH}} {process:<{PROCESS_WIDTH}} {self._name_of(event):<{FUNC_WIDTH}}"]
+        func = self._name_of(event.probe_id, event.func_ip)
+        parts = [f"{event.cpu:<{CPU_WIDTH}} {process:<{PROCESS_WIDTH}} {func:<{FUNC_WIDTH}}"]
         endpoints = format_tuple(event)
         if endpoints:
             parts.append(endpoints)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -109,3 +111,35 @@ def netns() -> Iterator[str]:
         yield name
     finally:
         subprocess.run([ip, "netns", "del", name], check=False)
+
+
+# Columns: CPU, pid(comm), FUNC, then the tuple.
+LINE = re.compile(r"^(\d+)\s+(\d+)\((.*?)\)\s+(\S+)\s+(.*)$")
+
+
+def parse(line: str) -> tuple[int, str, str]:
+    """(pid, function, rest of the line) of an event line."""
+    match = LINE.match(line)
+    assert match, line
+    return int(match.group(2)), match.group(4), match.group(5)
+
+
+def socketrace_programs() -> list[str]:
+    """Loaded BPF programs that are socketrace's, by name, as bpftool lists them kernel-wide."""
+    bpftool = require_tool("bpftool")
+    listing = json.loads(
+        subprocess.run([bpftool, "-j", "prog", "show"], check=True, capture_output=True, text=True).stdout
+    )
+    return sorted(
+        prog.get("name", "") for prog in listing if re.match(r"rawtp_|shared_handler|kprobe_", prog.get("name", ""))
+    )
+
+
+def programs_settle_to(expected: list[str], timeout: float = 10) -> bool:
+    """The kernel frees programs after an RCU grace period: wait for it."""
+    deadline = time.monotonic() + timeout
+    while socketrace_programs() != expected:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True

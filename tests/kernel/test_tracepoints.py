@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import signal
@@ -13,19 +12,10 @@ import sys
 import time
 from pathlib import Path
 
-from ..conftest import require_tool
-from .conftest import free_port
+from .conftest import free_port, parse, programs_settle_to, socketrace_programs
 from .traffic import tcp_exchange, tcp_exchange_elsewhere, udp_exchange
 
 PID = os.getpid()
-# Columns: CPU, pid(comm), FUNC, then the tuple.
-LINE = re.compile(r"^(\d+)\s+(\d+)\((.*?)\)\s+(\S+)\s+(.*)$")
-
-
-def parse(line: str) -> tuple[int, str, str]:
-    match = LINE.match(line)
-    assert match, line
-    return int(match.group(2)), match.group(4), match.group(5)
 
 
 def test_tcp_ipv4_exact_tuple(trace) -> None:
@@ -213,27 +203,17 @@ def test_output_file_and_line_limit(trace, tmp_path: Path) -> None:
 
 
 def test_sigterm_and_sigkill_leave_nothing_attached(trace) -> None:
-    before = _socketrace_programs()
+    before = socketrace_programs()
     tracer = trace("--filter-port", "9")
-    assert len(_socketrace_programs()) > len(before)
+    assert len(socketrace_programs()) > len(before)
     result = tracer.stop(signal.SIGTERM)
     assert result.returncode == 0
     assert "Detaching" in result.stderr
-    assert _programs_settle_to(before)
+    assert programs_settle_to(before)
     tracer = trace("--filter-port", "9")
     tracer.process.kill()
     tracer.process.wait()
-    assert _programs_settle_to(before)
-
-
-def _programs_settle_to(expected: list[str], timeout: float = 10) -> bool:
-    """The kernel frees programs after an RCU grace period: wait for it."""
-    deadline = time.monotonic() + timeout
-    while _socketrace_programs() != expected:
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.1)
-    return True
+    assert programs_settle_to(before)
 
 
 def test_closed_pipe_ends_cleanly() -> None:
@@ -258,14 +238,3 @@ def test_closed_pipe_ends_cleanly() -> None:
     assert len(stdout.splitlines()) == 2
     assert "status=0" in stderr
     assert "Traceback" not in stderr
-
-
-def _socketrace_programs() -> list[str]:
-    """Loaded BPF programs that are socketrace's, by name, as bpftool lists them kernel-wide."""
-    bpftool = require_tool("bpftool")
-    listing = json.loads(
-        subprocess.run([bpftool, "-j", "prog", "show"], check=True, capture_output=True, text=True).stdout
-    )
-    return sorted(
-        prog.get("name", "") for prog in listing if re.match(r"rawtp_|shared_handler|kprobe_", prog.get("name", ""))
-    )

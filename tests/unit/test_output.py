@@ -5,11 +5,12 @@ from __future__ import annotations
 import ctypes
 import ipaddress
 import struct
+from pathlib import Path
 
 from socketrace.events import EVENT_SIZE, Event, decode_record
 from socketrace.options import OutputSpec
 from socketrace.output.text import TextFormatter, header
-from socketrace.symbols import KernelSymbols
+from socketrace.symbols import KernelSymbols, ProbeNames
 
 AF_INET, AF_INET6, AF_NETLINK, AF_UNIX = 2, 10, 16, 1
 
@@ -26,7 +27,7 @@ def make_event(**fields: object) -> Event:
 
 
 def formatter(**spec: bool) -> TextFormatter:
-    return TextFormatter(OutputSpec(**spec), lambda event: ["tcp_sendmsg"][event.probe_id])
+    return TextFormatter(OutputSpec(**spec), ProbeNames(["tcp_sendmsg"]).name_of)
 
 
 def test_header_has_the_originals_widths() -> None:
@@ -85,9 +86,22 @@ def test_stack_follows_the_event_and_is_symbolized() -> None:
     assert record.stack == (0x1010, 0x2000)
     symbols = KernelSymbols([(0x1000, "tcp_sendmsg"), (0x2000, "sock_sendmsg")])
     spec = OutputSpec(stack=True)
-    lines = TextFormatter(spec, lambda event: "tcp_sendmsg", symbols).format(record).splitlines()
+    lines = TextFormatter(spec, ProbeNames(["tcp_sendmsg"]).name_of, symbols).format(record).splitlines()
     assert lines[1:] == ["    tcp_sendmsg+0x10", "    sock_sendmsg"]
 
 
 def test_event_size_is_pinned() -> None:
     assert ctypes.sizeof(Event) == EVENT_SIZE == 160
+
+
+def test_classic_kprobe_events_are_named_from_their_address() -> None:
+    names = ProbeNames(["tcp_sendmsg", "udp_sendmsg"], {"tcp_sendmsg": 0x1000, "udp_sendmsg": 0x2000})
+    assert names.name_of(1, 0) == "udp_sendmsg"  # probe id (tracepoints, kprobe-multi)
+    assert names.name_of(ProbeNames.NO_PROBE_ID, 0x2000) == "udp_sendmsg"  # bpf_get_func_ip
+    assert names.name_of(ProbeNames.NO_PROBE_ID, 0x1001) == "tcp_sendmsg"  # ip past the breakpoint
+    assert names.name_of(ProbeNames.NO_PROBE_ID, 0x1800) == "unknown+0x1800"
+
+
+def test_event_size_matches_the_c_header() -> None:
+    header_text = (Path(__file__).parents[2] / "bpf" / "socketrace.h").read_text()
+    assert f"#define EVENT_SIZE {EVENT_SIZE}" in header_text
