@@ -83,3 +83,46 @@ def tcp_exchange_elsewhere(port: int, netns: str | None = None) -> int:
     """tcp_exchange() in another process; returns the client's port."""
     code = f"from tests.kernel.traffic import tcp_exchange; print(tcp_exchange({port}).client_port)"
     return int(run_python(code, netns))
+
+
+def unix_exchange() -> None:
+    """A message across a connected pair of AF_UNIX stream sockets."""
+    left, right = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    with left, right:
+        left.sendall(b"ping")
+        assert right.recv(100) == b"ping"
+
+
+def every_family(port: int) -> dict[str, int]:
+    """TCP and UDP over IPv4 and IPv6, a unix socket pair, and a netlink request from `ip`."""
+    ports = {
+        "tcp4": tcp_exchange(port).client_port,
+        "tcp6": tcp_exchange(port, socket.AF_INET6).client_port,
+        "udp4": udp_exchange(port).client_port,
+        "udp6": udp_exchange(port, socket.AF_INET6).client_port,
+    }
+    unix_exchange()
+    ports["ip_pid"] = subprocess.Popen(["ip", "link", "show"], stdout=subprocess.DEVNULL).pid
+    return ports
+
+
+class WaitingProcess:
+    """Python code in another process (and namespace) that runs when told to: its pid is
+    known before it makes any traffic, so a tracer can filter on it."""
+
+    def __init__(self, code: str, netns: str | None = None) -> None:
+        prefix = ["ip", "netns", "exec", netns] if netns else []
+        preamble = f"import sys; sys.path[:0] = {sys.path!r}; sys.stdin.readline(); "
+        self.process = subprocess.Popen(
+            [*prefix, sys.executable, "-c", preamble + code],
+            cwd=Path(__file__).parents[2],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        self.pid = self.process.pid  # `ip netns exec` execs Python in place
+
+    def run(self, timeout: float = 300) -> str:
+        stdout, _ = self.process.communicate("go\n", timeout=timeout)
+        assert self.process.returncode == 0
+        return stdout

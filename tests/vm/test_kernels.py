@@ -1,0 +1,47 @@
+"""The kprobe backends on real Debian kernels: boot each under QEMU, run the guest tests there.
+
+6.12 has kprobe-multi and classic kprobes, 6.1 classic kprobes only. Each boot runs
+tests/kernel/test_kprobes.py (marker ``guest``) with the host's own Python, BCC and checkout.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from ..conftest import require
+from .harness import prepare_kernel, run_in_vm
+
+pytestmark = pytest.mark.vm
+
+ROOT = Path(__file__).parents[2]
+GUEST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+# (kernel, --kprobe-way to force or "" for auto, backend that must attach)
+RUNS = [
+    ("6.12", "", "kprobe-multi"),
+    ("6.12", "kprobe", "kprobe"),
+    ("6.1", "", "kprobe"),
+]
+
+
+@pytest.mark.parametrize(("kernel", "way", "expect"), RUNS, ids=[f"{k}-{e}" for k, _, e in RUNS])
+def test_guest_suite(kernel: str, way: str, expect: str) -> None:
+    require(os.geteuid() == 0, "the VM harness needs root (apt-get download, 9p of /)")
+    require(shutil.which("qemu-system-x86_64") is not None, "qemu-system-x86 is not installed")
+    guest = prepare_kernel(kernel)
+    command = (
+        f"export PATH={GUEST_PATH} SOCKETRACE_TEST_WAY={way} SOCKETRACE_EXPECT_WAY={expect} "
+        "SOCKETRACE_REQUIRE_KERNEL_TESTS=1 PYTHONDONTWRITEBYTECODE=1; "
+        ".venv/bin/pytest -p no:cacheprovider -m guest -v -rs tests/kernel/test_kprobes.py"
+    )
+    result = run_in_vm(guest, command, ROOT, timeout=1500)
+    print(f"--- {guest.version}, {expect}: {result.seconds:.0f} s\n{result.output}")
+    assert result.returncode == 0, f"{result.output[-6000:]}\n--- console ---\n{result.console[-3000:]}"
+    summary = re.search(r"=+ (\d+) passed.* in ", result.output)
+    assert summary and int(summary.group(1)) >= 6, result.output[-2000:]
+    assert "skipped" not in result.output.splitlines()[-1]
