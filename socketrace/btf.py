@@ -14,6 +14,7 @@ Layout reference: the kernel's Documentation/bpf/btf.rst.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,6 +64,7 @@ _TRAILER_SIZE = {
 }
 
 _U32 = struct.Struct("<I")
+_HEADER = struct.Struct("<III")
 
 # Qualifiers and typedefs that a type resolution looks through.
 _TRANSPARENT = frozenset({KIND_TYPEDEF, KIND_VOLATILE, KIND_CONST, KIND_RESTRICT, KIND_TYPE_TAG})
@@ -247,13 +249,37 @@ class Btf:
 
     # --- the questions -------------------------------------------------------
 
-    def functions(self) -> list[FuncProto]:
-        """Every FUNC defined here, with its prototype's parameter types."""
+    def functions(self, wanted: Callable[[tuple[int, ...]], bool] | None = None) -> list[FuncProto]:
+        """Every FUNC defined here, with its prototype's parameter types.
+
+        ``wanted`` sees the parameter types first; names are decoded only for
+        the functions it keeps (a kernel has some 60,000 functions).
+        """
         funcs = []
+        data = self._data
+        first = self.first_id
+        offsets = self._offsets
         for type_id in self._ids_of_kind(KIND_FUNC):
-            name, _, _, proto, _ = self.header(type_id)
-            funcs.append(FuncProto(name, self._params(proto)))
+            name_off, _info, proto = _HEADER.unpack_from(data, offsets[type_id - first])
+            params = self._params(proto)
+            if wanted is None or wanted(params):
+                funcs.append(FuncProto(self.string(name_off), params))
         return funcs
+
+    def pointer_ids(self, struct_names: set[str]) -> dict[int, str]:
+        """Type ids that are pointers to one of the named structs (possibly
+        const, possibly through typedefs and qualifiers), to the struct's name."""
+        pointers: dict[int, str] = {}
+        for type_id in self._ids_of_kind(KIND_PTR):
+            pointee = self.pointee_struct(type_id)
+            if pointee and pointee[0] in struct_names:
+                pointers[type_id] = pointee[0]
+        for kind in sorted(_TRANSPARENT):
+            for type_id in self._ids_of_kind(kind):
+                target = self.resolve(type_id)
+                if target in pointers:
+                    pointers[type_id] = pointers[target]
+        return pointers
 
     def raw_tracepoints(self) -> list[FuncProto]:
         """Raw tracepoints, from their ``btf_trace_<name>`` typedefs.

@@ -30,6 +30,7 @@ __all__ = [
     "find_socket_probes",
     "kernel_field_locations",
     "register_offsets",
+    "socket_functions",
     "traceable_functions",
 ]
 
@@ -158,26 +159,22 @@ class Discovery:
     registers: dict[str, int] = field(default_factory=dict)
 
 
+SOCKET_STRUCTS = {"sock": ArgKind.SOCK, "socket": ArgKind.SOCKET, "sk_buff": ArgKind.SKB}
+
+
 def find_socket_probes(protos: list[FuncProto], btf: Btf, kind: ProbeKind, skb: bool = False) -> list[Probe]:
     """Probes whose parameters 1-5 point to a socket, with the argument's position.
 
     A ``struct sock *`` wins over a ``struct socket *`` (the sock holds the
     addresses); the position is the parameter's own, whatever precedes it.
     """
-    pointee_cache: dict[int, ArgKind | None] = {}
+    return _socket_probes(protos, btf.pointer_ids(set(SOCKET_STRUCTS)), kind, skb)
 
-    def arg_kind(type_id: int) -> ArgKind | None:
-        if type_id not in pointee_cache:
-            pointee = btf.pointee_struct(type_id) if type_id else None
-            name = pointee[0] if pointee else None
-            pointee_cache[type_id] = {"sock": ArgKind.SOCK, "socket": ArgKind.SOCKET, "sk_buff": ArgKind.SKB}.get(
-                name or ""
-            )
-        return pointee_cache[type_id]
 
+def _socket_probes(protos: list[FuncProto], pointers: dict[int, str], kind: ProbeKind, skb: bool) -> list[Probe]:
     probes = []
     for proto in protos:
-        kinds = [arg_kind(type_id) for type_id in proto.param_types[:MAX_FUNC_ARGS]]
+        kinds = [SOCKET_STRUCTS.get(pointers.get(type_id, "")) for type_id in proto.param_types[:MAX_FUNC_ARGS]]
         for wanted in (ArgKind.SOCK, ArgKind.SOCKET, ArgKind.SKB):
             if wanted is ArgKind.SKB and not skb:
                 break
@@ -185,6 +182,14 @@ def find_socket_probes(protos: list[FuncProto], btf: Btf, kind: ProbeKind, skb: 
                 probes.append(Probe(proto.name, kinds.index(wanted), wanted, kind))
                 break
     return probes
+
+
+def socket_functions(btf: Btf) -> list[Probe]:
+    """Kernel functions taking a sock or socket: find_socket_probes over all
+    functions, decoding only the names of those that qualify."""
+    pointers = btf.pointer_ids({"sock", "socket"})
+    candidates = btf.functions(lambda params: not pointers.keys().isdisjoint(params[:MAX_FUNC_ARGS]))
+    return _socket_probes(candidates, pointers, ProbeKind.FUNCTION, skb=False)
 
 
 def kernel_field_locations(btf: Btf) -> dict[str, FieldLocation]:
@@ -319,7 +324,7 @@ def discover(options: Options, with_functions: bool) -> Discovery:
     source = ""
     registers: dict[str, int] = {}
     if with_functions:
-        candidates = find_socket_probes(btf.functions(), btf, ProbeKind.FUNCTION)
+        candidates = socket_functions(btf)
         traceable, source = traceable_functions()
         functions = _select_functions(candidates, traceable, kprobe_blacklist(), options.filter_funcs, skipped)
         registers = register_offsets(btf, platform.machine())

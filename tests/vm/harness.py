@@ -31,7 +31,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["KERNELS", "GuestKernel", "VmResult", "prepare_kernel", "run_in_vm"]
+__all__ = ["KERNELS", "GuestKernel", "VmResult", "prepare_kernel", "prepare_userland", "run_in_vm"]
 
 CACHE = Path(os.environ.get("SOCKETRACE_VM_CACHE", "/var/cache/socketrace-vm"))
 BUSYBOX = Path("/bin/busybox")
@@ -41,6 +41,21 @@ QEMU = "qemu-system-x86_64"
 KERNELS = {
     "6.1": r"^linux-image-6\.1\.0-[0-9]+-amd64$",  # kprobes, no kprobe-multi (no CONFIG_FPROBE)
     "6.12": r"^linux-image-6\.12\.[0-9]+\+deb12-amd64$",  # kprobes and kprobe-multi
+}
+
+# Userlands other than the host's, built with mmdebstrap: suite -> packages the guest tests need.
+USERLANDS = {
+    "trixie": (
+        "python3-bpfcc",
+        "python3-click",
+        "python3-tqdm",
+        "python3-pyelftools",
+        "python3-pytest",
+        "iproute2",
+        "bpftool",
+        "kmod",
+        "procps",
+    ),
 }
 
 # Modules the guest needs to reach the host's files, in load order after dependencies.
@@ -139,6 +154,22 @@ def prepare_kernel(name: str) -> GuestKernel:
     return GuestKernel(name, version, root / f"tree/boot/vmlinuz-{version}", root / "initramfs.cpio")
 
 
+def prepare_userland(suite: str) -> Path:
+    """A Debian root file system of another release for the guest (cached), e.g. newer BCC."""
+    root = CACHE / f"userland-{suite}"
+    with _locked(CACHE / f"userland-{suite}.lock"):
+        if not (root / ".ready").exists():
+            shutil.rmtree(root, ignore_errors=True)
+            subprocess.run(
+                ["mmdebstrap", "--variant=apt", f"--include={','.join(USERLANDS[suite])}", suite, str(root / "tree")],
+                check=True,
+                capture_output=True,
+                timeout=1800,
+            )
+            (root / ".ready").touch()
+    return root / "tree"
+
+
 def _module_closure(modules_dir: Path) -> list[str]:
     """Relative paths of BOOT_MODULES and their dependencies, dependencies first."""
     deps: dict[str, list[str]] = {}
@@ -210,8 +241,12 @@ def run_in_vm(
     cpus: int = 1,
     memory_mb: int = 2048,
     cmdline: str = "",
+    root: Path = Path("/"),
 ) -> VmResult:
-    """Boot the kernel, run ``command`` with sh in ``checkout`` as root, power off."""
+    """Boot the kernel, run ``command`` with sh in ``checkout`` as root, power off.
+
+    ``root`` is the guest's root file system: the host's own by default.
+    """
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="socketrace-vm-") as out_dir:
         out = Path(out_dir)
@@ -232,7 +267,7 @@ def run_in_vm(
             "-kernel", str(kernel.vmlinuz),
             "-initrd", str(kernel.initramfs),
             "-append", f"console=ttyS0 panic=-1 quiet loglevel=4 {cmdline}".strip(),
-            "-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
+            "-virtfs", f"local,path={root},mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
             "-virtfs", f"local,path={checkout.resolve()},mount_tag=checkout,security_model=none,readonly=on",
             "-virtfs", f"local,path={out},mount_tag=out,security_model=none",
         ]  # fmt: skip
@@ -250,10 +285,12 @@ def main() -> int:
     parser.add_argument("kernel", choices=sorted(KERNELS))
     parser.add_argument("--cpus", type=int, default=1)
     parser.add_argument("--timeout", type=float, default=1200)
+    parser.add_argument("--userland", choices=sorted(USERLANDS), help="boot into this Debian release, not the host's")
     parser.add_argument("command", nargs="+")
     args = parser.parse_args()
     kernel = prepare_kernel(args.kernel)
-    result = run_in_vm(kernel, shlex.join(args.command), Path.cwd(), args.timeout, args.cpus)
+    root = prepare_userland(args.userland) if args.userland else Path("/")
+    result = run_in_vm(kernel, shlex.join(args.command), Path.cwd(), args.timeout, args.cpus, root=root)
     sys.stdout.write(result.output)
     if result.returncode < 0:
         sys.stderr.write(result.console)
