@@ -5,13 +5,14 @@
 SYSTEM_PYTHON := /usr/bin/python3
 VENV := .venv
 BIN := $(VENV)/bin
-# BCC from the distribution; the rest are the tools the tests drive.
-APT_PACKAGES := python3-bpfcc python3-venv python3-pip clang llvm iproute2 netcat-openbsd curl kmod
+# BCC from the distribution; the tools the tests drive; QEMU and what the VM harness builds guests with.
+APT_PACKAGES := python3-bpfcc python3-venv python3-pip clang llvm iproute2 netcat-openbsd curl kmod \
+	qemu-system-x86 busybox-static mmdebstrap
 # Debian names bpftool on its own; Ubuntu ships it in linux-tools.
 APT_OPTIONAL := bpftool
 ARGS ?=
 
-.PHONY: all deps venv run test lint unit-test kernel-test bench dist clean
+.PHONY: all deps venv run test lint unit-test kernel-test vm-test bench dist clean
 
 all: venv
 
@@ -52,6 +53,10 @@ unit-test: venv
 
 kernel-test: venv
 	$(BIN)/pytest -v -rs tests/kernel
+
+# Boots Debian 6.1 and 6.12 under QEMU (about 10 minutes): the kprobe backends.
+vm-test: venv
+	$(BIN)/pytest -v -rs tests/vm
 
 bench: venv
 	$(BIN)/python bench/bench_output.py

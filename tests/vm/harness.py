@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
+import hashlib
 import lzma
 import os
 import re
@@ -67,8 +68,12 @@ mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
 for module in $(cat /modules.order); do insmod "/modules/$module" 2>/dev/null; done
-mkdir -p /host /out
-mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144,ro,cache=loose hostroot /host || echo "vm: no host root"
+mkdir -p /host /out /lower /rw
+mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144,ro,cache=loose hostroot /lower || echo "vm: no host root"
+# A writable view of the read-only root: changes go to memory.
+mount -t tmpfs tmpfs /rw
+mkdir -p /rw/upper /rw/work
+mount -t overlay overlay -o lowerdir=/lower,upperdir=/rw/upper,workdir=/rw/work /host || mount --bind /lower /host
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144 out /out || echo "vm: no out share"
 for dir in tmp run var/tmp root var/cache/socketrace-vm; do
     [ -d "/host/$dir" ] && mount -t tmpfs tmpfs "/host/$dir"
@@ -123,13 +128,17 @@ def _locked(path: Path) -> Iterator[None]:
 
 
 def _newest_package(pattern: str) -> str:
-    search = subprocess.run(
-        ["apt-cache", "search", "--names-only", pattern], check=True, capture_output=True, text=True, timeout=120
-    ).stdout
-    names = [line.split()[0] for line in search.splitlines() if re.match(pattern, line.split()[0])]
-    if not names:
-        raise RuntimeError(f"no package matches {pattern}: run apt-get update")
-    return max(names, key=lambda name: [int(part) for part in re.findall(r"\d+", name)])
+    """The newest package whose name matches; refreshes apt's lists once if none does."""
+    for refresh in (False, True):
+        if refresh:
+            subprocess.run(["apt-get", "update", "-qq"], check=True, capture_output=True, timeout=600)
+        search = subprocess.run(
+            ["apt-cache", "search", "--names-only", pattern], check=True, capture_output=True, text=True, timeout=120
+        ).stdout
+        names = [line.split()[0] for line in search.splitlines() if re.match(pattern, line.split()[0])]
+        if names:
+            return max(names, key=lambda name: [int(part) for part in re.findall(r"\d+", name)])
+    raise RuntimeError(f"no package matches {pattern}")
 
 
 def prepare_kernel(name: str) -> GuestKernel:
@@ -148,10 +157,14 @@ def prepare_kernel(name: str) -> GuestKernel:
             deb.unlink()
             version = next((root / "tree/lib/modules").iterdir()).name
             subprocess.run(["depmod", "-b", str(root / "tree"), version], check=True, timeout=600)
-            _build_initramfs(root / "tree", version, root / "initramfs.cpio")
             (root / ".ready").touch()
-    version = next((root / "tree/lib/modules").iterdir()).name
-    return GuestKernel(name, version, root / f"tree/boot/vmlinuz-{version}", root / "initramfs.cpio")
+        version = next((root / "tree/lib/modules").iterdir()).name
+        # The initramfs is named by what goes into it, so a changed init is never stale.
+        recipe = hashlib.sha256(GUEST_INIT.encode() + " ".join(BOOT_MODULES).encode() + BUSYBOX.read_bytes())
+        initramfs = root / f"initramfs-{recipe.hexdigest()[:12]}.cpio"
+        if not initramfs.exists():
+            _build_initramfs(root / "tree", version, initramfs)
+    return GuestKernel(name, version, root / f"tree/boot/vmlinuz-{version}", initramfs)
 
 
 def prepare_userland(suite: str) -> Path:
@@ -160,6 +173,7 @@ def prepare_userland(suite: str) -> Path:
     with _locked(CACHE / f"userland-{suite}.lock"):
         if not (root / ".ready").exists():
             shutil.rmtree(root, ignore_errors=True)
+            root.mkdir(parents=True)
             subprocess.run(
                 ["mmdebstrap", "--variant=apt", f"--include={','.join(USERLANDS[suite])}", suite, str(root / "tree")],
                 check=True,
@@ -206,7 +220,7 @@ def _build_initramfs(tree: Path, version: str, target: Path) -> None:
         files[f"modules/{flat}"] = (data, 0o100644)
         order.append(flat)
     files["modules.order"] = ("\n".join(order).encode() + b"\n", 0o100644)
-    directories = ["bin", "dev", "proc", "sys", "modules", "host", "out"]
+    directories = ["bin", "dev", "proc", "sys", "modules", "host", "out", "lower", "rw"]
     target.write_bytes(_newc_archive(directories, files))
 
 
@@ -263,6 +277,7 @@ def run_in_vm(
             "-display", "none",
             "-monitor", "none",
             "-no-reboot",
+            "-nic", "none",
             "-serial", f"file:{console}",
             "-kernel", str(kernel.vmlinuz),
             "-initrd", str(kernel.initramfs),
