@@ -44,7 +44,7 @@ def test_guest_suite(kernel: str, way: str, expect: str, userland: str) -> None:
     root = prepare_userland(userland) if userland else Path("/")
     command = (
         f"export PATH={GUEST_PATH} SOCKETRACE_TEST_WAY={way} SOCKETRACE_EXPECT_WAY={expect} "
-        "SOCKETRACE_REQUIRE_KERNEL_TESTS=1 PYTHONDONTWRITEBYTECODE=1; python3 -c 'import bcc; print("BCC", bcc.__version__)'; "
+        "SOCKETRACE_REQUIRE_KERNEL_TESTS=1 PYTHONDONTWRITEBYTECODE=1; python3 -c 'import bcc; print(bcc.__version__)'; "
         f"{PYTEST[userland]} -p no:cacheprovider -m guest -v -rs tests/kernel/test_kprobes.py"
     )
     result = run_in_vm(guest, command, ROOT, timeout=1500, root=root)
