@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import logging
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING
@@ -83,6 +84,25 @@ class Attacher(ABC):
     @abstractmethod
     def _attach(self, probes: tuple[Probe, ...], progress: tqdm) -> None:
         """Attach every probe, recording successes and failures in self.report."""
+
+    def _attach_each(
+        self, probes: tuple[Probe, ...], progress: tqdm, attach_one: Callable[[int, Probe], None]
+    ) -> list[str]:
+        """Attach probes one at a time; a refusal is recorded, not fatal. Returns the attached names."""
+        attached = []
+        for probe_id, probe in enumerate(probes):
+            try:
+                attach_one(probe_id, probe)
+            except Exception as err:  # BCC raises bare Exception
+                self.report.failed[probe.name] = str(err).splitlines()[0]
+            else:
+                attached.append(probe.name)
+                self.report.attached += 1
+            progress.update()
+        return attached
+
+    def _log_detaching(self, count: int, noun: str) -> None:
+        log.info("Detaching %s (via %s) from %d %s", self.what, self.way.value, count, noun)
 
     @abstractmethod
     def detach(self) -> None:

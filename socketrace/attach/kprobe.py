@@ -7,7 +7,6 @@ threads at once lets concurrent removals share grace periods.
 
 from __future__ import annotations
 
-import logging
 import os
 import resource
 from concurrent.futures import ThreadPoolExecutor
@@ -24,8 +23,6 @@ if TYPE_CHECKING:
     from bcc import BPF
 
 __all__ = ["KprobeAttacher", "close_in_parallel"]
-
-log = logging.getLogger("socketrace")
 
 DETACH_THREADS = 64
 FDS_PER_PROBE = 1  # the perf event; BCC holds the program fds once per entry point
@@ -47,9 +44,7 @@ def close_in_parallel(fds: list[int], threads: int = DETACH_THREADS, progress: t
 class KprobeAttacher(Attacher):
     """Attaches ``kprobe_arg<i>_kind<k>`` to each function through BCC (kretprobes with ``is_return``)."""
 
-    def __init__(
-        self, bpf: BPF, way: AttachWay, is_return: bool = False, detach_threads: int = DETACH_THREADS
-    ) -> None:
+    def __init__(self, bpf: BPF, way: AttachWay, is_return: bool = False, detach_threads: int = DETACH_THREADS) -> None:
         super().__init__(bpf, way)
         self.is_return = is_return
         self.detach_threads = detach_threads
@@ -61,20 +56,16 @@ class KprobeAttacher(Attacher):
         _raise_fd_limit(len(probes) * FDS_PER_PROBE + SPARE_FDS)
         self.install_shared_handler(BPF.KPROBE)
         attach = self.bpf.attach_kretprobe if self.is_return else self.bpf.attach_kprobe
-        for probe in probes:
-            try:
-                attach(event=probe.name.encode(), fn_name=kprobe_entry_name(probe).encode())
-            except Exception as err:  # BCC raises bare Exception
-                self.report.failed[probe.name] = str(err).splitlines()[0]
-            else:
-                self._attached.append(probe.name)
-                self.report.attached += 1
-            progress.update()
+
+        def attach_one(_probe_id: int, probe: Probe) -> None:
+            attach(event=probe.name.encode(), fn_name=kprobe_entry_name(probe).encode())
+
+        self._attached = self._attach_each(probes, progress, attach_one)
 
     def detach(self) -> None:
         if not self._attached:
             return
-        log.info("Detaching %s (via %s) from %d %s", self.what, self.way.value, len(self._attached), self.noun)
+        self._log_detaching(len(self._attached), self.noun)
         # Take the perf fds out of BCC's bookkeeping, so its own cleanup does not close them again.
         fds = [fd for fn_fds in self.bpf.kprobe_fds.values() for fd in fn_fds.values()]
         self.bpf.kprobe_fds.clear()

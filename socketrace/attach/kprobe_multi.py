@@ -10,7 +10,6 @@ bisection, reported, and left out.
 from __future__ import annotations
 
 import errno
-import logging
 import os
 from typing import TYPE_CHECKING
 
@@ -26,8 +25,6 @@ if TYPE_CHECKING:
     from bcc import BPF
 
 __all__ = ["KprobeMultiAttacher"]
-
-log = logging.getLogger("socketrace")
 
 ENTRY_FUNCTION = b"kprobe_multi_entry"
 # The kernel cannot do kprobe-multi at all: fall back to another backend.
@@ -74,12 +71,6 @@ class KprobeMultiAttacher(Attacher):
         if not self._links:
             return
         functions = sum(count for _, count in self._links)
-        log.info(
-            "Detaching %s (via %s) from %d bpf links (%d functions)",
-            self.what,
-            self.way.value,
-            len(self._links),
-            functions,
-        )
+        self._log_detaching(len(self._links), f"bpf links ({functions} functions)")
         while self._links:
             os.close(self._links.pop()[0])

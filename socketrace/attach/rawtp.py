@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from typing import TYPE_CHECKING
 
 from tqdm import tqdm
@@ -15,8 +14,6 @@ if TYPE_CHECKING:
     from bcc import BPF
 
 __all__ = ["RawTracepointAttacher"]
-
-log = logging.getLogger("socketrace")
 
 
 class RawTracepointAttacher(Attacher):
@@ -33,20 +30,16 @@ class RawTracepointAttacher(Attacher):
         from bcc import BPF
 
         self.install_shared_handler(BPF.RAW_TRACEPOINT)
-        for probe_id, probe in enumerate(probes):
-            try:
-                self.bpf.attach_raw_tracepoint(tp=probe.name.encode(), fn_name=f"rawtp_{probe_id}".encode())
-            except Exception as err:  # BCC raises bare Exception
-                self.report.failed[probe.name] = str(err)
-            else:
-                self._attached.append(probe.name)
-                self.report.attached += 1
-            progress.update()
+
+        def attach_one(probe_id: int, probe: Probe) -> None:
+            self.bpf.attach_raw_tracepoint(tp=probe.name.encode(), fn_name=f"rawtp_{probe_id}".encode())
+
+        self._attached = self._attach_each(probes, progress, attach_one)
 
     def detach(self) -> None:
         if not self._attached:
             return
-        log.info("Detaching %s (via %s) from %d %s", self.what, self.way.value, len(self._attached), self.noun)
+        self._log_detaching(len(self._attached), self.noun)
         with tqdm(total=len(self._attached), unit=" probes", leave=False, disable=None) as progress:
             while self._attached:
                 self.bpf.detach_raw_tracepoint(tp=self._attached.pop().encode())
