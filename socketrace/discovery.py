@@ -17,6 +17,7 @@ from enum import Enum, IntEnum
 from pathlib import Path
 
 from .btf import Btf, BtfError, FuncProto, MemberLocation, load_btf_file
+from .features import AVAILABLE_FILTER_FUNCTIONS
 from .options import Options
 
 __all__ = [
@@ -36,10 +37,6 @@ __all__ = [
 
 MAX_FUNC_ARGS = 5  # arguments readable from registers by every backend
 
-AVAILABLE_FILTER_FUNCTIONS = (
-    "/sys/kernel/tracing/available_filter_functions",
-    "/sys/kernel/debug/tracing/available_filter_functions",
-)
 KALLSYMS = "/proc/kallsyms"
 KPROBE_BLACKLIST = "/sys/kernel/debug/kprobes/blacklist"
 

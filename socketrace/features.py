@@ -12,9 +12,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import bpfsys
-from .discovery import AVAILABLE_FILTER_FUNCTIONS
 
-__all__ = ["Features", "detect_features"]
+__all__ = ["AVAILABLE_FILTER_FUNCTIONS", "Features", "detect_features"]
+
+# What ftrace can patch, hence what kprobes can attach to (tracefs, or tracefs under debugfs).
+AVAILABLE_FILTER_FUNCTIONS = (
+    "/sys/kernel/tracing/available_filter_functions",
+    "/sys/kernel/debug/tracing/available_filter_functions",
+)
 
 KPROBE_PMU = Path("/sys/bus/event_source/devices/kprobe/type")
 BPF_FUNC_GET_FUNC_IP = 173
