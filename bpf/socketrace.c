@@ -22,6 +22,13 @@
 /* Extra fields, each defined only when asked for:
  *   OUTPUT_SOCK_INFO, OUTPUT_SOCKET_INFO, OUTPUT_STACK. */
 
+/* TRACK_SOCK: once a socket passes the filters, trace it everywhere.
+ * TRACK_FREE_IP: address of the function that frees a sock (__sk_destruct),
+ * where tracking ends; kprobe backends only. */
+#ifndef TRACKED_SOCKS
+#define TRACKED_SOCKS 65536
+#endif
+
 #ifndef RINGBUF_PAGES
 #define RINGBUF_PAGES 1024 /* 4 MiB with 4 KiB pages; a power of two */
 #endif
@@ -93,6 +100,11 @@ BPF_PERCPU_ARRAY(pending, struct pending, MAX_NESTING);
 /* The record is built here, not on the 512-byte BPF stack. */
 BPF_PERCPU_ARRAY(scratch, struct record, MAX_NESTING);
 BPF_PERCPU_ARRAY(counters, u64, COUNTER_MAX);
+#ifdef TRACK_SOCK
+/* Sockets that passed the filters. When full, the least recently seen
+ * socket is forgotten: it is traced again once it passes the filters. */
+BPF_TABLE("lru_hash", u64, u8, tracked, TRACKED_SOCKS);
+#endif
 /* Slot 0: the shared handler, loaded by user space for the entries' program type. */
 BPF_PROG_ARRAY(handlers, 1);
 
@@ -251,8 +263,26 @@ int handle_probe(void *ctx, u32 level, u32 probe_id, u64 func_ip, u64 arg, int a
 {
 	const void *sk = to_sock(arg, arg_kind);
 
-	if (!sk || !passes_filters(sk))
+	if (!sk)
 		return 0;
+#ifdef TRACK_SOCK
+	u64 key = (u64)sk;
+
+	if (!tracked.lookup(&key)) {
+		u8 yes = 1;
+
+		if (!passes_filters(sk))
+			return 0;
+		tracked.update(&key, &yes);
+	}
+#ifdef TRACK_FREE_IP
+	if (func_ip == TRACK_FREE_IP)
+		tracked.delete(&key);
+#endif
+#else
+	if (!passes_filters(sk))
+		return 0;
+#endif
 
 	struct record *record = scratch.lookup(&level);
 	if (!record)

@@ -19,6 +19,7 @@ from .options import (
     OptionError,
     Options,
     OutputSpec,
+    Timestamp,
     parse_addr,
     parse_netns,
     parse_protocol,
@@ -48,6 +49,11 @@ U32 = click.IntRange(0, 0xFFFF_FFFF)
 @click.option("--filter-port", type=click.IntRange(0, 65535), help="Local or remote TCP/UDP port.")
 @click.option("--filter-funcs", metavar="REGEX", help="Trace functions whose whole name matches (Python regex).")
 @click.option(
+    "--filter-track-sock",
+    is_flag=True,
+    help="Once a socket passes the filters, follow it everywhere until the kernel frees it.",
+)
+@click.option(
     "--kprobe-way",
     type=click.Choice([way.value for way in AttachWay]),
     default="",
@@ -60,6 +66,20 @@ U32 = click.IntRange(0, 0xFFFF_FFFF)
 @click.option("--output-sock-info", is_flag=True, help="Add rx interface, backlog, buffers, priority, mark, type.")
 @click.option("--output-socket-info", is_flag=True, help="Add the struct socket's state, type, flags, inode.")
 @click.option("--output-stack", is_flag=True, help="Add the kernel stack of each event.")
+@click.option("--output-json", is_flag=True, help="One JSON object per line, every field always present.")
+@click.option(
+    "--timestamp",
+    type=click.Choice([mode.value for mode in Timestamp]),
+    default="none",
+    show_default=True,
+    help="TIME column: wall clock, seconds since start, or delta since the same socket's previous event.",
+)
+@click.option("--summary", is_flag=True, help="Print counts per function, socket and process instead of events.")
+@click.option(
+    "--summary-interval", type=click.FloatRange(0), default=0, metavar="SECONDS", help="With --summary: every N s."
+)
+@click.option("--summary-top", type=click.IntRange(1), default=10, show_default=True, help="Rows per summary table.")
+@click.option("--ready-file", metavar="PATH", help="Create PATH once everything is attached.")
 @click.option(
     "--list-funcs",
     type=click.Choice(["sock", "socket", "tracepoint"]),
@@ -99,6 +119,13 @@ def build_options(
     output_sock_info: bool,
     output_socket_info: bool,
     output_stack: bool,
+    output_json: bool,
+    timestamp: str,
+    summary: bool,
+    summary_interval: float,
+    summary_top: int,
+    ready_file: str | None,
+    filter_track_sock: bool,
     list_funcs: str | None,
     kernel_btf: str,
     skb_tracepoints: bool,
@@ -112,7 +139,10 @@ def build_options(
         protocol=parse_protocol(filter_protocol) if filter_protocol is not None else None,
         addr=parse_addr(filter_addr) if filter_addr is not None else None,
         port=filter_port,
+        track_sock=filter_track_sock,
     )
+    if output_json and summary:
+        raise OptionError("--output-json and --summary: choose one")
     output = OutputSpec(
         file=output_file,
         limit_lines=output_limit_lines,
@@ -120,6 +150,12 @@ def build_options(
         sock_info=output_sock_info,
         socket_info=output_socket_info,
         stack=output_stack,
+        json=output_json,
+        timestamp=Timestamp(timestamp),
+        summary=summary,
+        summary_interval=summary_interval,
+        summary_top=summary_top,
+        ready_file=ready_file,
     )
     return Options(
         filters=filters,

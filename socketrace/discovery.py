@@ -36,6 +36,8 @@ __all__ = [
 ]
 
 MAX_FUNC_ARGS = 5  # arguments readable from registers by every backend
+# The last traceable function to see a sock before the kernel frees it (net/core/sock.c).
+SOCK_FREE_FUNCTION = "sk_destruct"
 
 KALLSYMS = "/proc/kallsyms"
 KPROBE_BLACKLIST = "/sys/kernel/debug/kprobes/blacklist"
@@ -154,6 +156,7 @@ class Discovery:
     skipped: Counter[str] = field(default_factory=Counter)
     function_source: str = ""
     registers: dict[str, int] = field(default_factory=dict)
+    sock_free_ip: int | None = None  # address of SOCK_FREE_FUNCTION, for --filter-track-sock
 
 
 SOCKET_STRUCTS = {"sock": ArgKind.SOCK, "socket": ArgKind.SOCKET, "sk_buff": ArgKind.SKB}
@@ -320,11 +323,14 @@ def discover(options: Options, with_functions: bool) -> Discovery:
     functions: list[Probe] = []
     source = ""
     registers: dict[str, int] = {}
+    sock_free_ip = None
     if with_functions:
         candidates = socket_functions(btf)
         traceable, source = traceable_functions()
         functions = _select_functions(candidates, traceable, kprobe_blacklist(), options.filter_funcs, skipped)
         registers = register_offsets(btf, platform.machine())
+        if options.filters.track_sock and any(probe.name == SOCK_FREE_FUNCTION for probe in functions):
+            sock_free_ip = _kallsyms_address(SOCK_FREE_FUNCTION)
     tracepoints = [
         probe
         for probe in find_socket_probes(btf.raw_tracepoints(), btf, ProbeKind.TRACEPOINT, options.skb_tracepoints)
@@ -334,4 +340,13 @@ def discover(options: Options, with_functions: bool) -> Discovery:
         fields = kernel_field_locations(btf)
     except BtfError as err:
         raise DiscoveryError(str(err)) from err
-    return Discovery(functions, tracepoints, fields, skipped, source, registers)
+    return Discovery(functions, tracepoints, fields, skipped, source, registers, sock_free_ip)
+
+
+def _kallsyms_address(name: str) -> int | None:
+    with open(KALLSYMS) as kallsyms:
+        for line in kallsyms:
+            address, kind, symbol = line.split()[:3]
+            if symbol == name and kind in "tT":
+                return int(address, 16)
+    return None

@@ -20,6 +20,7 @@ __all__ = [
     "OptionError",
     "Options",
     "OutputSpec",
+    "Timestamp",
     "parse_addr",
     "parse_netns",
     "parse_protocol",
@@ -65,6 +66,8 @@ class Filters:
     protocol: int | None = None
     addr: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
     port: int | None = None
+    # Once a socket passes, keep tracing it even where the filtered fields no longer match.
+    track_sock: bool = False
 
     @property
     def needs_inet(self) -> bool:
@@ -72,9 +75,18 @@ class Filters:
         return self.addr is not None or self.port is not None or self.protocol is not None
 
 
+class Timestamp(Enum):
+    """``--timestamp``: what the TIME column shows."""
+
+    NONE = "none"
+    ABSOLUTE = "absolute"  # wall clock
+    RELATIVE = "relative"  # seconds since tracing started
+    DELTA = "delta"  # since the previous event of the same socket
+
+
 @dataclass(frozen=True)
 class OutputSpec:
-    """What each event line carries and where lines go."""
+    """What each event carries, in which form, and where it goes."""
 
     file: str | None = None
     limit_lines: int = 0
@@ -82,6 +94,21 @@ class OutputSpec:
     sock_info: bool = False
     socket_info: bool = False
     stack: bool = False
+    json: bool = False
+    timestamp: Timestamp = Timestamp.NONE
+    summary: bool = False
+    summary_interval: float = 0.0  # seconds; 0: only on exit
+    summary_top: int = 10
+    ready_file: str | None = None
+
+    @property
+    def reads_sock_info(self) -> bool:
+        """JSON carries every field, so the kernel must read them all."""
+        return self.sock_info or self.json
+
+    @property
+    def reads_socket_info(self) -> bool:
+        return self.socket_info or self.json
 
 
 @dataclass(frozen=True)

@@ -70,6 +70,8 @@ def plan_program(options: Options, discovery: Discovery, way: AttachWay, feature
         macros.update({name: str(offset) for name, offset in discovery.registers.items()})
         if features.get_func_ip:
             macros["HAVE_GET_FUNC_IP"] = "1"
+        if options.filters.track_sock and discovery.sock_free_ip:
+            macros["TRACK_FREE_IP"] = f"{discovery.sock_free_ip}ULL"
     return ProgramPlan(way, probes, macros)
 
 
@@ -79,9 +81,10 @@ def macro_definitions(options: Options, fields: dict[str, FieldLocation], featur
     macros.update(_filter_macros(options.filters))
     output = options.output
     for enabled, name in (
-        (output.sock_info, "OUTPUT_SOCK_INFO"),
-        (output.socket_info, "OUTPUT_SOCKET_INFO"),
+        (output.reads_sock_info, "OUTPUT_SOCK_INFO"),
+        (output.reads_socket_info, "OUTPUT_SOCKET_INFO"),
         (output.stack, "OUTPUT_STACK"),
+        (options.filters.track_sock, "TRACK_SOCK"),
         (not features.ring_buffer, "USE_PERF_BUFFER"),
     ):
         if enabled:

@@ -7,19 +7,24 @@ every way out (an error, Ctrl+C, SIGTERM, a closed pipe, the line limit).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TextIO
 
 from .attach import AttachError, choose_way, make_attacher
 from .discovery import ArgKind, Discovery, Probe, discover
-from .events import EventReader, Record
+from .events import EventReader
 from .features import detect_features
-from .options import AttachWay, Options
-from .output.text import TextFormatter, header
+from .options import AttachWay, Options, OutputSpec, Timestamp
+from .output.clock import EventClock
+from .output.json import JsonFormatter
+from .output.summary import Summary
+from .output.text import TextFormatter
+from .output.writers import LineWriter, SummaryWriter
 from .program import ProgramPlan, compile_program, plan_program, program_listing
 from .symbols import KernelSymbols, ProbeNames
 
@@ -54,23 +59,29 @@ def run(options: Options, stdout: TextIO) -> int:
         return 0
     if not plan.probes:
         raise RunError("no probe matches: check --filter-funcs")
+    if options.output.ready_file is not None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(options.output.ready_file)  # a stale one would release a waiting script too early
     bpf = compile_program(plan)
     printed = 0
     with _output(options.output.file, stdout) as sink, _stop_on_signals():
         reader = EventReader(bpf, use_perf_buffer=not features.ring_buffer)
-        symbols = KernelSymbols.from_kallsyms() if options.output.stack else None
-        formatter = TextFormatter(options.output, _probe_names(plan).name_of, symbols)
+        writer = _writer(options.output, _probe_names(plan).name_of, sink)
         try:
             with make_attacher(bpf, way) as attacher:
                 if attacher.attach(plan.probes).attached == 0:
                     raise AttachError("no probe could be attached")
-                log.info("Ready %.2f s after start", _seconds_since_process_start())
-                log.info("Press Ctrl+C to stop")
-                printed = _print_events(reader, formatter, sink, options.output.limit_lines)
+                _announce_ready(options.output.ready_file)
+                printed = _consume(reader, writer, sink, options.output.limit_lines)
         except StopRequested:
             log.info("Stopped while attaching")
         losses = reader.losses()
-    log.info("%d events printed, %d dropped (buffer full)", printed, losses.dropped)
+    log.info(
+        "%d events %s, %d dropped (buffer full)",
+        printed,
+        "counted" if options.output.summary else "printed",
+        losses.dropped,
+    )
     if losses.stack_errors:
         log.info("%d stacks could not be read", losses.stack_errors)
     return 0
@@ -92,28 +103,52 @@ def _seconds_since_process_start() -> float:
         return float(uptime.read().split()[0]) - start_ticks / ticks
 
 
-def _print_events(reader: EventReader, formatter: TextFormatter, sink: TextIO, limit: int) -> int:
-    """The event loop: whole lines, one write and flush per batch."""
-    printed = 0
+def _writer(spec: OutputSpec, name_of: Callable[[int, int], str], sink: TextIO) -> LineWriter | SummaryWriter:
+    """The table, JSON lines, or the summary, as the options ask."""
+    if spec.summary:
+        return SummaryWriter(Summary(name_of, spec.summary_top), sink, spec.summary_interval)
+    symbols = KernelSymbols.from_kallsyms() if spec.stack else None
+    if spec.json:
+        return LineWriter(JsonFormatter(name_of, EventClock(spec.timestamp), symbols).format, sink, header=None)
+    clock = EventClock(spec.timestamp) if spec.timestamp is not Timestamp.NONE else None
+    table = TextFormatter(spec, name_of, symbols, clock)
+    return LineWriter(table.format, sink, table.header())
+
+
+def _announce_ready(ready_file: str | None) -> None:
+    """Tell people and scripts that events now flow."""
+    if ready_file is not None:
+        try:
+            with open(ready_file, "w"):
+                pass
+        except OSError as err:
+            raise RunError(f"--ready-file: cannot create {ready_file}: {err.strerror}") from None
+    log.info("Ready %.2f s after start", _seconds_since_process_start())
+    log.info("Press Ctrl+C to stop")
+
+
+def _consume(reader: EventReader, writer: LineWriter | SummaryWriter, sink: TextIO, limit: int) -> int:
+    """The event loop, until a signal, the line limit or a closed pipe; returns the events taken."""
+    taken = 0
     try:
-        sink.write(header() + "\n")
-        sink.flush()
-        while not limit or printed < limit:
-            records: list[Record] = reader.poll(POLL_TIMEOUT_MS)
-            if limit:
-                records = records[: limit - printed]
-            if records:
-                sink.write("".join(formatter.format(record) + "\n" for record in records))
-                sink.flush()
-                printed += len(records)
-    except StopRequested:
-        pass
+        writer.start()
+        try:
+            while not limit or taken < limit:
+                records = reader.poll(POLL_TIMEOUT_MS)
+                if limit:
+                    records = records[: limit - taken]
+                writer.write(records)
+                writer.tick()
+                taken += len(records)
+        except StopRequested:
+            pass
+        writer.finish()
     except BrokenPipeError:
         # The reader went away (`| head`): stop quietly, and keep Python's
         # final flush of stdout from failing again.
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sink.fileno())
-    return printed
+    return taken
 
 
 @contextmanager

@@ -17,6 +17,7 @@ from ..symbols import (
     socket_state_name,
     tcp_state_name,
 )
+from .clock import EventClock
 
 __all__ = ["TextFormatter", "format_tuple", "header"]
 
@@ -25,8 +26,12 @@ PROCESS_WIDTH = 32
 FUNC_WIDTH = 32
 
 
-def header() -> str:
-    return f"{'CPU':<{CPU_WIDTH}} {'PROCESS':<{PROCESS_WIDTH}} {'FUNC':<{FUNC_WIDTH}}"
+TIME_WIDTH = 15
+
+
+def header(with_time: bool = False) -> str:
+    columns = f"{'CPU':<{CPU_WIDTH}} {'PROCESS':<{PROCESS_WIDTH}} {'FUNC':<{FUNC_WIDTH}}"
+    return f"{'TIME':<{TIME_WIDTH}} {columns}" if with_time else columns
 
 
 def format_tuple(event: Event) -> str:
@@ -43,12 +48,25 @@ def format_tuple(event: Event) -> str:
 
 
 class TextFormatter:
-    """Turns records into lines; ``name_of`` gives the traced function's name."""
+    """Turns records into lines; ``name_of(probe_id, func_ip)`` names the traced function.
 
-    def __init__(self, spec: OutputSpec, name_of: Callable[[Event], str], symbols: KernelSymbols | None = None) -> None:
+    With a clock, each line starts with a TIME column (``--timestamp``).
+    """
+
+    def __init__(
+        self,
+        spec: OutputSpec,
+        name_of: Callable[[int, int], str],
+        symbols: KernelSymbols | None = None,
+        clock: EventClock | None = None,
+    ) -> None:
         self._spec = spec
         self._name_of = name_of
         self._symbols = symbols
+        self._clock = clock
+
+    def header(self) -> str:
+        return header(with_time=self._clock is not None)
 
     def format(self, record: Record) -> str:
         event = record.event
@@ -56,6 +74,8 @@ class TextFormatter:
         process = f"{event.tgid}({event.comm.decode(errors='replace')})"
         func = self._name_of(event.probe_id, event.func_ip)
         parts = [f"{event.cpu:<{CPU_WIDTH}} {process:<{PROCESS_WIDTH}} {func:<{FUNC_WIDTH}}"]
+        if self._clock is not None:
+            parts.insert(0, f"{self._clock.column(self._clock.stamp(event)):<{TIME_WIDTH}}")
         endpoints = format_tuple(event)
         if endpoints:
             parts.append(endpoints)
@@ -76,6 +96,7 @@ class TextFormatter:
             )
         if spec.socket_info:
             parts.append(self._socket_info(event))
+        parts.append(f"sk=0x{event.sk:x}" + (f" ino={event.socket_ino}" if event.has_socket else ""))
         line = " ".join(parts)
         if spec.stack and self._symbols is not None:
             line += "".join(f"\n    {self._symbols.describe(address)}" for address in record.stack)

@@ -72,7 +72,7 @@ class Tracer:
     def wait(self, timeout: float = 60) -> TraceResult:
         returncode = self.process.wait(timeout=timeout)
         text = self.stdout_path.read_text()
-        lines = [line for line in text.splitlines() if line and not line.startswith("CPU ")]
+        lines = [line for line in text.splitlines() if line and not line.startswith(("CPU ", "TIME "))]
         return TraceResult(returncode, lines, self.stderr_path.read_text())
 
 

@@ -175,7 +175,8 @@ def test_socket_info_inode_matches_the_file(trace) -> None:
     exchange = tcp_exchange(port)
     result = tracer.stop()
     mine = [line for line in result.with_func("sock_send_length") if f":{exchange.client_port} -> " in line]
-    assert mine and all(line.endswith(f"f_ino={exchange.client_inode}") for line in mine), mine
+    assert mine and all(f"f_ino={exchange.client_inode} sk=0x" in line for line in mine), mine
+    assert all(line.endswith(f" ino={exchange.client_inode}") for line in mine)  # the identity on every line
     assert all("state=CONNECTED type=SOCK_STREAM" in line for line in mine)
 
 

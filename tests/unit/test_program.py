@@ -96,3 +96,10 @@ def test_kernel_version_code() -> None:
     assert kernel_version_code("6.18.44-fc-v595") == (6 << 16) + (18 << 8) + 44
     assert kernel_version_code("5.4.300") == (5 << 16) + (4 << 8) + 255
     assert kernel_version_code("6.1") == (6 << 16) + (1 << 8)
+
+
+def test_track_sock_and_json_outputs() -> None:
+    options = Options(filters=Filters(port=22, track_sock=True), output=OutputSpec(json=True))
+    macros = macro_definitions(options, FIELDS, RING)
+    assert macros["TRACK_SOCK"] == "1"
+    assert macros["OUTPUT_SOCK_INFO"] == "1" and macros["OUTPUT_SOCKET_INFO"] == "1"  # JSON carries every field

@@ -1,0 +1,80 @@
+"""``--output-json``: one object per event, every field present whatever its value."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from collections.abc import Callable
+
+from ..events import Event, Record
+from ..symbols import (
+    AF_INET,
+    AF_INET6,
+    KernelSymbols,
+    family_name,
+    protocol_name,
+    sock_type_name,
+    socket_state_name,
+    tcp_state_name,
+)
+from .clock import EventClock
+
+__all__ = ["JsonFormatter"]
+
+
+def _addresses(event: Event) -> tuple[str | None, str | None]:
+    if event.family == AF_INET:
+        return str(ipaddress.IPv4Address(bytes(event.saddr[:4]))), str(ipaddress.IPv4Address(bytes(event.daddr[:4])))
+    if event.family == AF_INET6:
+        return str(ipaddress.IPv6Address(bytes(event.saddr))), str(ipaddress.IPv6Address(bytes(event.daddr)))
+    return None, None
+
+
+class JsonFormatter:
+    """Records to JSON lines; addresses are null for families without them, socket_* null without a socket."""
+
+    def __init__(self, name_of: Callable[[int, int], str], clock: EventClock, symbols: KernelSymbols | None) -> None:
+        self._name_of = name_of
+        self._clock = clock
+        self._symbols = symbols
+
+    def format(self, record: Record) -> str:
+        event = record.event
+        stamps = self._clock.stamp(event)
+        saddr, daddr = _addresses(event)
+        has_socket = event.has_socket
+        fields = {
+            "time": stamps.wall_iso,
+            "ts_ns": event.ts_ns,
+            "relative_ns": stamps.relative_ns,
+            "delta_ns": stamps.delta_ns,
+            "cpu": event.cpu,
+            "pid": event.tgid,
+            "tid": event.pid,
+            "comm": event.comm.decode(errors="replace"),
+            "func": self._name_of(event.probe_id, event.func_ip),
+            "sk": f"0x{event.sk:x}",
+            "ino": event.socket_ino if has_socket else None,
+            "family": family_name(event.family),
+            "protocol": protocol_name(event.family, event.protocol),
+            "type": sock_type_name(event.type),
+            "state": tcp_state_name(event.state),
+            "saddr": saddr,
+            "sport": event.sport,
+            "daddr": daddr,
+            "dport": event.dport,
+            "netns": event.netns,
+            "mark": event.mark,
+            "priority": event.priority,
+            "reuseport": bool(event.reuseport),
+            "bound_ifindex": event.bound_dev_if,
+            "rx_dst_ifindex": event.rx_dst_ifindex,
+            "backlog_len": event.backlog_len,
+            "rcvbuf": event.rcvbuf,
+            "sndbuf": event.sndbuf,
+            "socket_state": socket_state_name(event.socket_state) if has_socket else None,
+            "socket_type": sock_type_name(event.socket_type) if has_socket else None,
+            "socket_flags": event.socket_flags if has_socket else None,
+            "stack": [self._symbols.describe(address) for address in record.stack] if self._symbols else [],
+        }
+        return json.dumps(fields, separators=(",", ":"))
