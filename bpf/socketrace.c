@@ -60,8 +60,11 @@
 /* kprobe-multi cookie: probe id << 8 | arg kind << 4 | arg index. */
 #define COOKIE_PROBE_SHIFT 8
 
+#define AF_UNIX 1
 #define AF_INET 2
 #define AF_INET6 10
+#define AF_NETLINK 16
+#define AF_PACKET 17
 
 _Static_assert(sizeof(struct event) == EVENT_SIZE, "struct event size changed: update events.py");
 
@@ -131,12 +134,12 @@ u64 read_scalar(const void *base, int offset, int size, int shift, int bits)
 	return value;
 }
 
-/* Copy a field of up to 16 bytes (an in6_addr) to dst. */
+/* Copy a field of up to 127 bytes (an in6_addr, a unix path) to dst. */
 static inline __attribute__((always_inline))
 void read_bytes(void *dst, const void *base, int offset, int size, int shift, int bits)
 {
 	if (offset >= 0 && base)
-		bpf_probe_read_kernel(dst, size & 0x1f, (const char *)base + offset);
+		bpf_probe_read_kernel(dst, size & 0x7f, (const char *)base + offset);
 }
 
 #define EXPAND(macro, ...) macro(__VA_ARGS__)
@@ -248,6 +251,30 @@ static inline __attribute__((always_inline)) void fill_socket(struct event *even
 #endif
 }
 
+/* The family's own fields: unix path and peer, netlink ports, packet interface. */
+static inline __attribute__((always_inline)) void fill_detail(struct event *event, const void *sk)
+{
+	if (event->family == AF_UNIX) {
+		const void *addr = (const void *)FIELD(sk, UNIX_ADDR);
+		s32 len = FIELD(addr, UNIX_ADDRESS_LEN) - 2; /* minus sun_family */
+
+		event->detail.unix_sk.peer = FIELD(sk, UNIX_PEER);
+		if (addr && len > 0) {
+			event->detail.unix_sk.path_len = len > UNIX_PATH_MAX ? UNIX_PATH_MAX : len;
+			FIELD_BYTES(event->detail.unix_sk.path, addr, UNIX_ADDRESS_PATH);
+		}
+	} else if (event->family == AF_NETLINK) {
+		const void *groups = (const void *)FIELD(sk, NETLINK_GROUPS);
+
+		event->detail.netlink.portid = FIELD(sk, NETLINK_PORTID);
+		event->detail.netlink.dst_portid = FIELD(sk, NETLINK_DST_PORTID);
+		if (groups)
+			bpf_probe_read_kernel(&event->detail.netlink.groups, sizeof(u64), groups);
+	} else if (event->family == AF_PACKET) {
+		event->detail.packet.ifindex = FIELD(sk, PACKET_IFINDEX);
+	}
+}
+
 /* Turn the traced argument into a struct sock *. */
 static inline __attribute__((always_inline)) const void *to_sock(u64 arg, int arg_kind)
 {
@@ -309,6 +336,7 @@ int handle_probe(void *ctx, u32 level, u32 probe_id, u64 func_ip, u64 arg, int a
 	event->dport = swap16(FIELD(sk, SK_DPORT));
 	fill_addresses(event, sk);
 	fill_socket(event, sk);
+	fill_detail(event, sk);
 	bpf_get_current_comm(event->comm, sizeof(event->comm));
 	event->reuseport = FIELD(sk, SK_REUSEPORT);
 	event->bound_dev_if = FIELD(sk, SK_BOUND_DEV_IF);

@@ -9,6 +9,7 @@
 #define SOCKETRACE_H
 
 #define TASK_COMM_LEN 16
+#define UNIX_PATH_MAX 108
 #define MAX_STACK_DEPTH 64
 
 /* event.flags */
@@ -47,9 +48,25 @@ struct event {
 	u8 saddr[16];       /* AF_INET: first 4 bytes; AF_INET6: all 16 */
 	u8 daddr[16];
 	char comm[TASK_COMM_LEN];
+	/* What only one family has; which member is valid follows from `family`. */
+	union {
+		struct {
+			u64 peer;            /* unix_sock->peer */
+			s32 path_len;        /* bytes of path; 0: unnamed */
+			char path[UNIX_PATH_MAX]; /* starts with \0 for an abstract name */
+		} unix_sk;
+		struct {
+			u32 portid;
+			u32 dst_portid;
+			u64 groups;          /* first word of the group bitmap */
+		} netlink;
+		struct {
+			s32 ifindex;
+		} packet;
+	} detail;
 };
 
-#define EVENT_SIZE 160
+#define EVENT_SIZE 280
 
 /* Indexes of the per-CPU counters map. */
 #define COUNTER_DROPPED 0 /* events the buffer had no room for */

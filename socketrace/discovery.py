@@ -133,6 +133,14 @@ FIELD_PATHS: dict[str, tuple[str, ...]] = {
     "SOCKET_FLAGS": ("socket.flags",),
     "SOCKET_SK": ("socket.sk",),
     "SKB_SK": ("sk_buff.sk",),
+    # Family detail; unix_sock, netlink_sock and packet_sock start with their sock.
+    "UNIX_ADDR": ("unix_sock.addr",),
+    "UNIX_PEER": ("unix_sock.peer",),
+    "UNIX_ADDRESS_LEN": ("unix_address.len",),
+    "NETLINK_PORTID": ("netlink_sock.portid",),
+    "NETLINK_DST_PORTID": ("netlink_sock.dst_portid",),
+    "NETLINK_GROUPS": ("netlink_sock.groups",),
+    "PACKET_IFINDEX": ("packet_sock.ifindex",),
 }
 
 # The kprobe entries read arguments from struct pt_regs: the registers of
@@ -206,7 +214,18 @@ def kernel_field_locations(btf: Btf) -> dict[str, FieldLocation]:
         if fields[macro] is MISSING_FIELD and macro in REQUIRED_FIELDS:
             raise DiscoveryError(f"kernel BTF has no {' or '.join(paths)}")
     fields["SOCKET_INODE_INO"] = _socket_inode_number(btf)
+    fields["UNIX_ADDRESS_PATH"] = _unix_address_path(btf)
     return fields
+
+
+def _unix_address_path(btf: Btf) -> FieldLocation:
+    """``unix_address.name[0].sun_path``: a flexible array of sockaddr_un, so add the offsets."""
+    try:
+        name = btf.member("unix_address.name")
+        path = btf.member("sockaddr_un.sun_path")
+    except BtfError:
+        return MISSING_FIELD
+    return FieldLocation(name.byte_offset + path.byte_offset, path.size, 0, path.size * 8)
 
 
 def register_offsets(btf: Btf, machine: str) -> dict[str, int]:

@@ -23,11 +23,28 @@ __all__ = [
     "decode_record",
 ]
 
-EVENT_SIZE = 160  # EVENT_SIZE in bpf/socketrace.h
+EVENT_SIZE = 280  # EVENT_SIZE in bpf/socketrace.h
+UNIX_PATH_MAX = 108
 EVENT_HAS_SOCKET = 1
 COUNTER_DROPPED = 0
 COUNTER_STACK_ERRORS = 1
 PERF_BUFFER_PAGES = 256  # per CPU
+
+
+class UnixDetail(ctypes.Structure):
+    _fields_ = [("peer", ctypes.c_uint64), ("path_len", ctypes.c_int32), ("path", ctypes.c_char * UNIX_PATH_MAX)]
+
+
+class NetlinkDetail(ctypes.Structure):
+    _fields_ = [("portid", ctypes.c_uint32), ("dst_portid", ctypes.c_uint32), ("groups", ctypes.c_uint64)]
+
+
+class PacketDetail(ctypes.Structure):
+    _fields_ = [("ifindex", ctypes.c_int32)]
+
+
+class Detail(ctypes.Union):
+    _fields_ = [("unix_sk", UnixDetail), ("netlink", NetlinkDetail), ("packet", PacketDetail)]
 
 
 class Event(ctypes.Structure):
@@ -66,11 +83,21 @@ class Event(ctypes.Structure):
         ("saddr", ctypes.c_uint8 * 16),
         ("daddr", ctypes.c_uint8 * 16),
         ("comm", ctypes.c_char * 16),
+        ("detail", Detail),
     ]
 
     @property
     def has_socket(self) -> bool:
         return bool(self.flags & EVENT_HAS_SOCKET)
+
+    @property
+    def unix_path(self) -> str:
+        """The bound path, ``@name`` for an abstract one, empty when unnamed."""
+        detail = self.detail.unix_sk
+        raw = ctypes.string_at(ctypes.addressof(detail) + UnixDetail.path.offset, max(0, detail.path_len))
+        if raw.startswith(b"\0"):
+            return "@" + raw[1:].decode(errors="replace")
+        return raw.split(b"\0", 1)[0].decode(errors="replace")
 
 
 assert ctypes.sizeof(Event) == EVENT_SIZE, "Event no longer matches bpf/socketrace.h"

@@ -10,6 +10,9 @@ from ..events import Event, Record
 from ..symbols import (
     AF_INET,
     AF_INET6,
+    AF_NETLINK,
+    AF_PACKET,
+    AF_UNIX,
     KernelSymbols,
     family_name,
     protocol_name,
@@ -43,6 +46,7 @@ class JsonFormatter:
         stamps = self._clock.stamp(event)
         saddr, daddr = _addresses(event)
         has_socket = event.has_socket
+        is_unix, is_netlink = event.family == AF_UNIX, event.family == AF_NETLINK
         fields = {
             "time": stamps.wall_iso,
             "ts_ns": event.ts_ns,
@@ -75,6 +79,12 @@ class JsonFormatter:
             "socket_state": socket_state_name(event.socket_state) if has_socket else None,
             "socket_type": sock_type_name(event.socket_type) if has_socket else None,
             "socket_flags": event.socket_flags if has_socket else None,
+            "unix_path": event.unix_path if is_unix else None,
+            "unix_peer": f"0x{event.detail.unix_sk.peer:x}" if is_unix else None,
+            "netlink_portid": event.detail.netlink.portid if is_netlink else None,
+            "netlink_dst_portid": event.detail.netlink.dst_portid if is_netlink else None,
+            "netlink_groups": event.detail.netlink.groups if is_netlink else None,
+            "packet_ifindex": event.detail.packet.ifindex if event.family == AF_PACKET else None,
             "stack": [self._symbols.describe(address) for address in record.stack] if self._symbols else [],
         }
         return json.dumps(fields, separators=(",", ":"))

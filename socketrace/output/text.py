@@ -10,6 +10,10 @@ from ..options import OutputSpec
 from ..symbols import (
     AF_INET,
     AF_INET6,
+    AF_NETLINK,
+    AF_PACKET,
+    AF_UNIX,
+    IPPROTO_TCP,
     KernelSymbols,
     family_name,
     protocol_name,
@@ -19,7 +23,7 @@ from ..symbols import (
 )
 from .clock import EventClock
 
-__all__ = ["TextFormatter", "format_tuple", "header"]
+__all__ = ["TextFormatter", "format_detail", "format_tuple", "header"]
 
 CPU_WIDTH = 3
 PROCESS_WIDTH = 32
@@ -44,6 +48,21 @@ def format_tuple(event: Event) -> str:
         local6 = ipaddress.IPv6Address(bytes(event.saddr))
         remote6 = ipaddress.IPv6Address(bytes(event.daddr))
         return f"[{local6}]:{event.sport} -> [{remote6}]:{event.dport}"
+    return ""
+
+
+def format_detail(event: Event, with_tcp_state: bool = True) -> str:
+    """What only the socket's family has: unix path and peer, netlink ports and groups,
+    packet interface, and TCP's state."""
+    if event.family == AF_UNIX:
+        return f"path={event.unix_path} peer=0x{event.detail.unix_sk.peer:x}"
+    if event.family == AF_NETLINK:
+        netlink = event.detail.netlink
+        return f"portid={netlink.portid} dst_portid={netlink.dst_portid} groups={netlink.groups:#x}"
+    if event.family == AF_PACKET:
+        return f"ifindex={event.detail.packet.ifindex}"
+    if with_tcp_state and event.family in (AF_INET, AF_INET6) and event.protocol == IPPROTO_TCP:
+        return f"state={tcp_state_name(event.state)}"
     return ""
 
 
@@ -83,6 +102,9 @@ class TextFormatter:
             f"netns={event.netns} family={family_name(event.family)} "
             f"protocol={protocol_name(event.family, event.protocol)}"
         )
+        detail = format_detail(event, with_tcp_state=not spec.sock_common)
+        if detail:
+            parts.append(detail)
         if spec.sock_common:
             parts.append(
                 f"state={tcp_state_name(event.state)} reuseport={str(bool(event.reuseport)).lower()} "

@@ -7,6 +7,7 @@ import json
 import os
 import re
 import socket
+import struct
 import time
 from pathlib import Path
 
@@ -131,3 +132,28 @@ def test_track_sock_follows_a_socket_after_it_stops_matching(trace) -> None:
         assert all(parse(line)[0] == PID for line in results[track])
     assert len(results[False]) == 1  # only the marked send
     assert len(results[True]) == 2  # tracked: the unmarked send too
+
+
+def test_unix_path_and_peer_and_netlink_port(trace, tmp_path: Path) -> None:
+    path = str(tmp_path / "app.sock")
+    tracer = trace("--filter-pid", str(PID), "--filter-funcs", "sock_send_length")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
+        server.bind(path)
+        server.listen()
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+            client.connect(path)
+            conn, _ = server.accept()
+            with conn:
+                conn.send(b"from the server")  # the accepted socket carries the bound path
+                client.recv(100)
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE) as netlink:
+        netlink.bind((0, 0))
+        portid = netlink.getsockname()[0]
+        # RTM_GETLINK dump request: nlmsghdr (len, type 18, flags REQUEST|DUMP, seq, pid) + ifinfomsg.
+        netlink.send(struct.pack("=LHHLL", 32, 18, 0x301, 1, 0) + b"\0" * 16)
+    result = tracer.stop()
+    unix = [line for line in result.lines if "family=AF_UNIX" in line]
+    assert any(f"path={path} peer=0xffff" in line for line in unix), unix
+    assert any(f"portid={portid} dst_portid=0" in line and "NETLINK_ROUTE" in line for line in result.lines), (
+        result.lines
+    )

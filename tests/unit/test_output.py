@@ -41,12 +41,12 @@ def test_header_has_the_originals_widths() -> None:
 
 
 def test_ipv4_line_like_the_original() -> None:
-    event = make_event(saddr="192.168.64.2", sport=22, daddr="192.168.64.1", dport=55856)
+    event = make_event(saddr="192.168.64.2", sport=22, daddr="192.168.64.1", dport=55856, state=1)
     line = formatter().format(decode_record(bytes(event)))
     assert line == (
         "5   926(sshd)                        tcp_sendmsg                      "
         "192.168.64.2:22 -> 192.168.64.1:55856 netns=4026531840 family=AF_INET protocol=IPPROTO_TCP"
-        " sk=0xffff888012345678"
+        " state=ESTABLISHED sk=0xffff888012345678"
     )
 
 
@@ -59,7 +59,9 @@ def test_ipv6_line() -> None:
 def test_netlink_protocol_by_name_and_no_tuple() -> None:
     event = make_event(family=AF_NETLINK, protocol=0)
     line = formatter().format(decode_record(bytes(event)))
-    assert line.endswith("netns=4026531840 family=AF_NETLINK protocol=NETLINK_ROUTE sk=0xffff888012345678")
+    assert line.endswith(
+        "family=AF_NETLINK protocol=NETLINK_ROUTE portid=0 dst_portid=0 groups=0x0 sk=0xffff888012345678"
+    )
     assert "tcp_sendmsg" + " " * 22 + "netns=" in line
 
 
@@ -99,7 +101,7 @@ def test_stack_follows_the_event_and_is_symbolized() -> None:
 
 
 def test_event_size_is_pinned() -> None:
-    assert ctypes.sizeof(Event) == EVENT_SIZE == 160
+    assert ctypes.sizeof(Event) == EVENT_SIZE == 280
 
 
 def test_classic_kprobe_events_are_named_from_their_address() -> None:
@@ -153,3 +155,16 @@ def test_summary_counts_and_starts_a_new_period() -> None:
     assert re.search(r"^0xffff888012345678 10.0.0.1:1 -> 10.0.0.2:2 AF_INET IPPROTO_TCP\s+3$", text, re.M)
     assert re.search(r"^926\(sshd\)\s+3$", text, re.M)
     assert "=== 0 events" in summary.render(1.0)
+
+
+def test_unix_path_peer_and_abstract_names() -> None:
+    event = make_event(family=AF_UNIX, protocol=0)
+    event.detail.unix_sk.peer = 0xFFFF888000001000
+    path = b"/run/app.sock"
+    event.detail.unix_sk.path_len = len(path)
+    ctypes.memmove(ctypes.addressof(event.detail.unix_sk) + 12, path, len(path))
+    line = formatter().format(decode_record(bytes(event)))
+    assert "family=AF_UNIX protocol=0 path=/run/app.sock peer=0xffff888000001000 sk=" in line
+    ctypes.memmove(ctypes.addressof(event.detail.unix_sk) + 12, b"\0abstract", 9)
+    event.detail.unix_sk.path_len = 9
+    assert decode_record(bytes(event)).event.unix_path == "@abstract"
