@@ -25,6 +25,17 @@
 /* TRACK_SOCK: once a socket passes the filters, trace it everywhere.
  * TRACK_FREE_IP: address of the function that frees a sock (__sk_destruct),
  * where tracking ends; kprobe backends only. */
+#ifndef CALLS_IN_FLIGHT
+#define CALLS_IN_FLIGHT 16384
+#endif
+/* OUTPUT_RETURN: emit events when functions return, with the return value
+ * and the duration (kprobe-multi only). FILTER_ERRORS: only calls that
+ * returned a negative errno. REG_RET: pt_regs offset of the return value. */
+#ifndef REG_RET
+#define REG_RET -1
+#endif
+#define MAX_ERRNO 4095
+
 #ifndef TRACKED_SOCKS
 #define TRACKED_SOCKS 65536
 #endif
@@ -103,6 +114,19 @@ BPF_PERCPU_ARRAY(pending, struct pending, MAX_NESTING);
 /* The record is built here, not on the 512-byte BPF stack. */
 BPF_PERCPU_ARRAY(scratch, struct record, MAX_NESTING);
 BPF_PERCPU_ARRAY(counters, u64, COUNTER_MAX);
+#ifdef OUTPUT_RETURN
+/* Calls in flight, from entry to return: which socket, since when. A
+ * function that recurses on the same thread keeps only its innermost call. */
+struct call_key {
+	u64 pid_tgid;
+	u64 func_ip;
+};
+struct call {
+	u64 sk;
+	u64 ts_ns;
+};
+BPF_HASH(calls, struct call_key, struct call, CALLS_IN_FLIGHT);
+#endif
 #ifdef TRACK_SOCK
 /* Sockets that passed the filters. When full, the least recently seen
  * socket is forgotten: it is traced again once it passes the filters. */
@@ -285,35 +309,14 @@ static inline __attribute__((always_inline)) const void *to_sock(u64 arg, int ar
 	return (const void *)arg;
 }
 
+/* Build the event for sk in this nesting level's slot and send it. */
 static inline __attribute__((always_inline))
-int handle_probe(void *ctx, u32 level, u32 probe_id, u64 func_ip, u64 arg, int arg_kind)
+void emit_event(void *ctx, u32 level, const void *sk, u32 probe_id, u64 func_ip, s64 retval, u64 duration_ns,
+		u8 flags)
 {
-	const void *sk = to_sock(arg, arg_kind);
-
-	if (!sk)
-		return 0;
-#ifdef TRACK_SOCK
-	u64 key = (u64)sk;
-
-	if (!tracked.lookup(&key)) {
-		u8 yes = 1;
-
-		if (!passes_filters(sk))
-			return 0;
-		tracked.update(&key, &yes);
-	}
-#ifdef TRACK_FREE_IP
-	if (func_ip == TRACK_FREE_IP)
-		tracked.delete(&key);
-#endif
-#else
-	if (!passes_filters(sk))
-		return 0;
-#endif
-
 	struct record *record = scratch.lookup(&level);
 	if (!record)
-		return 0;
+		return;
 	struct event *event = &record->event;
 	u64 pid_tgid = bpf_get_current_pid_tgid();
 	const void *net = (const void *)FIELD(sk, SK_NET);
@@ -322,6 +325,9 @@ int handle_probe(void *ctx, u32 level, u32 probe_id, u64 func_ip, u64 arg, int a
 	event->ts_ns = bpf_ktime_get_ns();
 	event->sk = (u64)sk;
 	event->func_ip = func_ip;
+	event->retval = retval;
+	event->duration_ns = duration_ns;
+	event->flags = flags;
 	event->probe_id = probe_id;
 	event->tgid = pid_tgid >> 32;
 	event->pid = (u32)pid_tgid;
@@ -359,6 +365,49 @@ int handle_probe(void *ctx, u32 level, u32 probe_id, u64 func_ip, u64 arg, int a
 #else
 	if (events.ringbuf_output(record, sizeof(*record), 0) != 0)
 		count(COUNTER_DROPPED);
+#endif
+}
+
+/* Is this socket wanted: the filters, or tracked from an earlier event? */
+static inline __attribute__((always_inline)) bool wanted(const void *sk, u64 func_ip)
+{
+#ifdef TRACK_SOCK
+	u64 key = (u64)sk;
+
+	if (!tracked.lookup(&key)) {
+		u8 yes = 1;
+
+		if (!passes_filters(sk))
+			return false;
+		tracked.update(&key, &yes);
+	}
+#ifdef TRACK_FREE_IP
+	if (func_ip == TRACK_FREE_IP)
+		tracked.delete(&key);
+#endif
+	return true;
+#else
+	return passes_filters(sk);
+#endif
+}
+
+/* A probe fired at a function's entry (or a tracepoint): emit the event,
+ * or with OUTPUT_RETURN remember the call until the function returns. */
+static inline __attribute__((always_inline))
+int handle_probe(void *ctx, u32 level, u32 probe_id, u64 func_ip, u64 arg, int arg_kind)
+{
+	const void *sk = to_sock(arg, arg_kind);
+
+	if (!sk || !wanted(sk, func_ip))
+		return 0;
+#ifdef OUTPUT_RETURN
+	struct call_key key = {.pid_tgid = bpf_get_current_pid_tgid(), .func_ip = func_ip};
+	struct call call = {.sk = (u64)sk, .ts_ns = bpf_ktime_get_ns()};
+
+	if (calls.update(&key, &call) != 0)
+		count(COUNTER_CALLS_LOST);
+#else
+	emit_event(ctx, level, sk, probe_id, func_ip, 0, 0, 0);
 #endif
 	return 0;
 }
@@ -460,24 +509,66 @@ KPROBES
 #endif
 
 #ifdef KPROBE_MULTI
-/* kprobe-multi: one function for every traced function; the cookie says
- * which function it is and where its socket argument is. It runs the
- * handler itself (a kprobe-multi program may not tail-call a kprobe one). */
-int kprobe_multi_entry(void *ctx)
+/* Take this CPU's next nesting level for the duration of one program run. */
+static inline __attribute__((always_inline)) u32 *enter_level(u32 *slot)
 {
 	u32 zero = 0;
 	u32 *level = nesting.lookup(&zero);
-	u64 cookie = bpf_get_attach_cookie(ctx);
 
 	if (!level || *level >= MAX_NESTING) {
 		count(COUNTER_DROPPED);
 		return 0;
 	}
-	u32 slot = *level;
-	*level = slot + 1;
+	*slot = *level;
+	*level = *slot + 1;
+	return level;
+}
+
+/* kprobe-multi: one function for every traced function; the cookie says
+ * which function it is and where its socket argument is. It runs the
+ * handler itself (a kprobe-multi program may not tail-call a kprobe one). */
+int kprobe_multi_entry(void *ctx)
+{
+	u64 cookie = bpf_get_attach_cookie(ctx);
+	u32 slot;
+	u32 *level = enter_level(&slot);
+
+	if (!level)
+		return 0;
 	handle_probe(ctx, slot, cookie >> COOKIE_PROBE_SHIFT, bpf_get_func_ip(ctx),
 		     reg_arg(ctx, cookie & 0xf), (cookie >> 4) & 0xf);
 	*level = slot;
 	return 0;
 }
+
+#ifdef OUTPUT_RETURN
+/* The same functions' returns: the call remembered at entry, now complete. */
+int kprobe_multi_return(void *ctx)
+{
+	struct call_key key = {.pid_tgid = bpf_get_current_pid_tgid(), .func_ip = bpf_get_func_ip(ctx)};
+	struct call *call = calls.lookup(&key);
+	u64 now = bpf_ktime_get_ns();
+	s64 retval = 0;
+	u32 slot;
+
+	if (!call)
+		return 0;
+	struct call done = *call;
+
+	calls.delete(&key);
+	bpf_probe_read_kernel(&retval, sizeof(retval), (const char *)ctx + REG_RET);
+#ifdef FILTER_ERRORS
+	if (retval >= 0 || retval < -MAX_ERRNO)
+		return 0;
+#endif
+	u32 *level = enter_level(&slot);
+
+	if (!level)
+		return 0;
+	emit_event(ctx, slot, (const void *)done.sk, bpf_get_attach_cookie(ctx) >> COOKIE_PROBE_SHIFT, key.func_ip,
+		   retval, now - done.ts_ns, EVENT_RETURN);
+	*level = slot;
+	return 0;
+}
+#endif
 #endif

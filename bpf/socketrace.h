@@ -14,6 +14,7 @@
 
 /* event.flags */
 #define EVENT_HAS_SOCKET 1 /* sk->sk_socket was set: socket_* fields are valid */
+#define EVENT_RETURN 2     /* at the function's return: retval and duration_ns are valid */
 
 struct event {
 	u64 ts_ns;          /* bpf_ktime_get_ns() */
@@ -21,6 +22,8 @@ struct event {
 	u64 func_ip;        /* kprobes: address of the traced function; 0 for tracepoints */
 	u64 socket_flags;   /* socket->flags */
 	u64 socket_ino;     /* SOCK_INODE(socket)->i_ino, as `ss -e` prints ino: */
+	s64 retval;         /* EVENT_RETURN: the function's return value */
+	u64 duration_ns;    /* EVENT_RETURN: from entry to return */
 	u32 probe_id;       /* index into the attached probe list */
 	u32 tgid;
 	u32 pid;
@@ -66,11 +69,12 @@ struct event {
 	} detail;
 };
 
-#define EVENT_SIZE 280
+#define EVENT_SIZE 296
 
 /* Indexes of the per-CPU counters map. */
 #define COUNTER_DROPPED 0 /* events the buffer had no room for */
 #define COUNTER_STACK_ERRORS 1 /* stacks that could not be read */
-#define COUNTER_MAX 2
+#define COUNTER_CALLS_LOST 2 /* calls not remembered: the in-flight table was full */
+#define COUNTER_MAX 3
 
 #endif /* SOCKETRACE_H */

@@ -81,6 +81,12 @@ U32 = click.IntRange(0, 0xFFFF_FFFF)
 @click.option("--summary-top", type=click.IntRange(1), default=10, show_default=True, help="Rows per summary table.")
 @click.option("--ready-file", metavar="PATH", help="Create PATH once everything is attached.")
 @click.option(
+    "--output-return", is_flag=True, help="Print each call when it returns, with its return value and duration."
+)
+@click.option(
+    "--filter-errors", is_flag=True, help="Only calls that returned a negative errno (implies --output-return)."
+)
+@click.option(
     "--list-funcs",
     type=click.Choice(["sock", "socket", "tracepoint"]),
     help="List traceable functions (or raw tracepoints) by socket argument position, then exit.",
@@ -126,6 +132,8 @@ def build_options(
     summary_top: int,
     ready_file: str | None,
     filter_track_sock: bool,
+    output_return: bool,
+    filter_errors: bool,
     list_funcs: str | None,
     kernel_btf: str,
     skb_tracepoints: bool,
@@ -140,6 +148,7 @@ def build_options(
         addr=parse_addr(filter_addr) if filter_addr is not None else None,
         port=filter_port,
         track_sock=filter_track_sock,
+        errors_only=filter_errors,
     )
     if output_json and summary:
         raise OptionError("--output-json and --summary: choose one")
@@ -156,6 +165,7 @@ def build_options(
         summary_interval=summary_interval,
         summary_top=summary_top,
         ready_file=ready_file,
+        return_values=output_return or filter_errors,
     )
     return Options(
         filters=filters,

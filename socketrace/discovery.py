@@ -144,10 +144,10 @@ FIELD_PATHS: dict[str, tuple[str, ...]] = {
 }
 
 # The kprobe entries read arguments from struct pt_regs: the registers of
-# the first five arguments, then the instruction pointer (kernel calling
+# the first five arguments, the instruction pointer, the return value (kernel calling
 # convention, arch/*/include/asm/ptrace.h).
 REGISTER_PATHS: dict[str, tuple[str, ...]] = {
-    "x86_64": ("pt_regs.di", "pt_regs.si", "pt_regs.dx", "pt_regs.cx", "pt_regs.r8", "pt_regs.ip"),
+    "x86_64": ("pt_regs.di", "pt_regs.si", "pt_regs.dx", "pt_regs.cx", "pt_regs.r8", "pt_regs.ip", "pt_regs.ax"),
 }
 
 # Without these the program cannot identify or filter a socket at all.
@@ -229,11 +229,11 @@ def _unix_address_path(btf: Btf) -> FieldLocation:
 
 
 def register_offsets(btf: Btf, machine: str) -> dict[str, int]:
-    """``REG_ARG0``..``REG_ARG4`` and ``REG_IP``: byte offsets in struct pt_regs."""
+    """``REG_ARG0``..``REG_ARG4``, ``REG_IP`` and ``REG_RET``: byte offsets in struct pt_regs."""
     paths = REGISTER_PATHS.get(machine)
     if paths is None:
         raise DiscoveryError(f"kprobes are not supported on {machine} yet")
-    names = [f"REG_ARG{index}" for index in range(MAX_FUNC_ARGS)] + ["REG_IP"]
+    names = [f"REG_ARG{index}" for index in range(MAX_FUNC_ARGS)] + ["REG_IP", "REG_RET"]
     try:
         return {name: btf.member(path).byte_offset for name, path in zip(names, paths)}
     except BtfError as err:

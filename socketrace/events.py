@@ -23,11 +23,13 @@ __all__ = [
     "decode_record",
 ]
 
-EVENT_SIZE = 280  # EVENT_SIZE in bpf/socketrace.h
+EVENT_SIZE = 296  # EVENT_SIZE in bpf/socketrace.h
 UNIX_PATH_MAX = 108
 EVENT_HAS_SOCKET = 1
+EVENT_RETURN = 2
 COUNTER_DROPPED = 0
 COUNTER_STACK_ERRORS = 1
+COUNTER_CALLS_LOST = 2
 PERF_BUFFER_PAGES = 256  # per CPU
 
 
@@ -56,6 +58,8 @@ class Event(ctypes.Structure):
         ("func_ip", ctypes.c_uint64),
         ("socket_flags", ctypes.c_uint64),
         ("socket_ino", ctypes.c_uint64),
+        ("retval", ctypes.c_int64),
+        ("duration_ns", ctypes.c_uint64),
         ("probe_id", ctypes.c_uint32),
         ("tgid", ctypes.c_uint32),
         ("pid", ctypes.c_uint32),
@@ -89,6 +93,10 @@ class Event(ctypes.Structure):
     @property
     def has_socket(self) -> bool:
         return bool(self.flags & EVENT_HAS_SOCKET)
+
+    @property
+    def is_return(self) -> bool:
+        return bool(self.flags & EVENT_RETURN)
 
     @property
     def unix_path(self) -> str:
@@ -127,6 +135,7 @@ class LossCounters:
 
     dropped: int
     stack_errors: int
+    calls_lost: int  # --output-return: calls whose entry could not be remembered
 
 
 class EventReader:
@@ -159,5 +168,6 @@ class EventReader:
 
     def losses(self) -> LossCounters:
         counters = self._bpf["counters"]
-        totals = [sum(counters[ctypes.c_int(index)]) for index in (COUNTER_DROPPED, COUNTER_STACK_ERRORS)]
+        indexes = (COUNTER_DROPPED, COUNTER_STACK_ERRORS, COUNTER_CALLS_LOST)
+        totals = [sum(counters[ctypes.c_int(index)]) for index in indexes]
         return LossCounters(*totals)

@@ -68,6 +68,8 @@ class Filters:
     port: int | None = None
     # Once a socket passes, keep tracing it even where the filtered fields no longer match.
     track_sock: bool = False
+    # Only calls that returned a negative errno (needs return values).
+    errors_only: bool = False
 
     @property
     def needs_inet(self) -> bool:
@@ -100,6 +102,7 @@ class OutputSpec:
     summary_interval: float = 0.0  # seconds; 0: only on exit
     summary_top: int = 10
     ready_file: str | None = None
+    return_values: bool = False  # events at return, with the value and the duration
 
     @property
     def reads_sock_info(self) -> bool:

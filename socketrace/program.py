@@ -85,6 +85,8 @@ def macro_definitions(options: Options, fields: dict[str, FieldLocation], featur
         (output.reads_socket_info, "OUTPUT_SOCKET_INFO"),
         (output.stack, "OUTPUT_STACK"),
         (options.filters.track_sock, "TRACK_SOCK"),
+        (output.return_values, "OUTPUT_RETURN"),
+        (options.filters.errors_only, "FILTER_ERRORS"),
         (not features.ring_buffer, "USE_PERF_BUFFER"),
     ):
         if enabled:

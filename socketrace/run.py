@@ -52,6 +52,10 @@ def run(options: Options, stdout: TextIO) -> int:
         raise RunError("tracing needs root (CAP_BPF and CAP_PERFMON)")
     features = detect_features()
     way = choose_way(options.attach_way, features)
+    if options.output.return_values and way is not AttachWay.KPROBE_MULTI:
+        raise RunError(
+            f"--output-return and --filter-errors need kprobe-multi (5.18+); the backend here is {way.value}"
+        )
     discovery = discover(options, with_functions=way is not AttachWay.TRACEPOINT)
     plan = plan_program(options, discovery, way, features)
     if options.dump_program:
@@ -68,7 +72,7 @@ def run(options: Options, stdout: TextIO) -> int:
         reader = EventReader(bpf, use_perf_buffer=not features.ring_buffer)
         writer = _writer(options.output, _probe_names(plan).name_of, sink)
         try:
-            with make_attacher(bpf, way) as attacher:
+            with make_attacher(bpf, way, with_returns=options.output.return_values) as attacher:
                 if attacher.attach(plan.probes).attached == 0:
                     raise AttachError("no probe could be attached")
                 _announce_ready(options.output.ready_file)
@@ -84,6 +88,8 @@ def run(options: Options, stdout: TextIO) -> int:
     )
     if losses.stack_errors:
         log.info("%d stacks could not be read", losses.stack_errors)
+    if losses.calls_lost:
+        log.info("%d calls not followed to their return (too many in flight)", losses.calls_lost)
     return 0
 
 

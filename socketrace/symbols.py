@@ -7,12 +7,15 @@ include/net/tcp_states.h and include/uapi/linux/net.h.
 from __future__ import annotations
 
 import bisect
+import errno
 from collections.abc import Iterable
 
 __all__ = [
     "KernelSymbols",
     "ProbeNames",
+    "errno_name",
     "family_name",
+    "format_return",
     "protocol_name",
     "sock_type_name",
     "socket_state_name",
@@ -25,6 +28,7 @@ AF_INET6 = 10
 AF_NETLINK = 16
 AF_PACKET = 17
 IPPROTO_TCP = 6
+MAX_ERRNO = 4095  # include/linux/err.h
 
 _FAMILIES = (
     "AF_UNSPEC AF_UNIX AF_INET AF_AX25 AF_IPX AF_APPLETALK AF_NETROM AF_BRIDGE AF_ATMPVC AF_X25 "
@@ -138,6 +142,20 @@ def socket_state_name(state: int) -> str:
 
 def sock_type_name(sock_type: int) -> str:
     return _SOCK_TYPES.get(sock_type, str(sock_type))
+
+
+def errno_name(retval: int) -> str | None:
+    """EADDRINUSE for -98: a kernel function's negative errno, else None."""
+    if -MAX_ERRNO <= retval < 0:
+        return errno.errorcode.get(-retval, f"E{-retval}")
+    return None
+
+
+def format_return(retval: int, duration_ns: int) -> str:
+    """``ret=-98 errno=EADDRINUSE duration=12.3us``; pointers print in hex."""
+    shown = f"{retval & 0xFFFF_FFFF_FFFF_FFFF:#x}" if retval < -MAX_ERRNO else str(retval)
+    name = errno_name(retval)
+    return f"ret={shown}" + (f" errno={name}" if name else "") + f" duration={duration_ns / 1000:.1f}us"
 
 
 class KernelSymbols:

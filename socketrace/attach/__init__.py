@@ -117,13 +117,15 @@ class Attacher(ABC):
         self.detach()
 
 
-def make_attacher(bpf: BPF, way: AttachWay) -> Attacher:
+def make_attacher(bpf: BPF, way: AttachWay, with_returns: bool = False) -> Attacher:
+    """The backend's attacher; ``with_returns`` adds the return probes (kprobe-multi)."""
     from .kprobe import KprobeAttacher
     from .kprobe_multi import KprobeMultiAttacher
     from .rawtp import RawTracepointAttacher
 
-    backends: dict[AttachWay, type[Attacher]] = {
-        AttachWay.KPROBE_MULTI: KprobeMultiAttacher,
+    if way is AttachWay.KPROBE_MULTI:
+        return KprobeMultiAttacher(bpf, way, with_returns)
+    backends: dict[AttachWay, type[KprobeAttacher | RawTracepointAttacher]] = {
         AttachWay.KPROBE: KprobeAttacher,
         AttachWay.TRACEPOINT: RawTracepointAttacher,
     }

@@ -14,6 +14,7 @@ from ..symbols import (
     AF_PACKET,
     AF_UNIX,
     KernelSymbols,
+    errno_name,
     family_name,
     protocol_name,
     sock_type_name,
@@ -85,6 +86,9 @@ class JsonFormatter:
             "netlink_dst_portid": event.detail.netlink.dst_portid if is_netlink else None,
             "netlink_groups": event.detail.netlink.groups if is_netlink else None,
             "packet_ifindex": event.detail.packet.ifindex if event.family == AF_PACKET else None,
+            "ret": event.retval if event.is_return else None,
+            "errno": errno_name(event.retval) if event.is_return else None,
+            "duration_ns": event.duration_ns if event.is_return else None,
             "stack": [self._symbols.describe(address) for address in record.stack] if self._symbols else [],
         }
         return json.dumps(fields, separators=(",", ":"))

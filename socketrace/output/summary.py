@@ -25,12 +25,19 @@ class Summary:
         self.functions: Counter[str] = Counter()
         self.sockets: Counter[int] = Counter()
         self.processes: Counter[str] = Counter()
+        self.latency: dict[str, list[int]] = {}  # function -> [calls, total ns, max ns]
         self._socket_labels: dict[int, str] = {}
 
     def add(self, record: Record) -> None:
         event = record.event
         self.total += 1
-        self.functions[self._name_of(event.probe_id, event.func_ip)] += 1
+        func = self._name_of(event.probe_id, event.func_ip)
+        self.functions[func] += 1
+        if event.is_return:
+            calls = self.latency.setdefault(func, [0, 0, 0])
+            calls[0] += 1
+            calls[1] += event.duration_ns
+            calls[2] = max(calls[2], event.duration_ns)
         self.sockets[event.sk] += 1
         self.processes[f"{event.tgid}({event.comm.decode(errors='replace')})"] += 1
         # The latest tuple: a socket gets its ports and addresses as it goes.
@@ -45,6 +52,13 @@ class Summary:
         sockets = [(f"0x{sk:x} {self._socket_labels[sk]}", count) for sk, count in self.sockets.most_common(self._top)]
         lines += _table("SOCKET", sockets)
         lines += _table("PROCESS", self.processes.most_common(self._top))
+        if self.latency:
+            slowest = sorted(self.latency.items(), key=lambda item: -item[1][1])[: self._top]
+            rows = [
+                (f"{func} avg {total / calls / 1000:.1f}us max {peak / 1000:.1f}us", calls)
+                for func, (calls, total, peak) in slowest
+            ]
+            lines += _table("LATENCY (by total time)", rows)
         self._reset()
         return "\n".join(lines) + "\n"
 

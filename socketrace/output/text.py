@@ -16,6 +16,7 @@ from ..symbols import (
     IPPROTO_TCP,
     KernelSymbols,
     family_name,
+    format_return,
     protocol_name,
     sock_type_name,
     socket_state_name,
@@ -102,6 +103,8 @@ class TextFormatter:
             f"netns={event.netns} family={family_name(event.family)} "
             f"protocol={protocol_name(event.family, event.protocol)}"
         )
+        if event.is_return:
+            parts.append(format_return(event.retval, event.duration_ns))
         detail = format_detail(event, with_tcp_state=not spec.sock_common)
         if detail:
             parts.append(detail)

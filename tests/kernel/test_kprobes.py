@@ -13,6 +13,7 @@ import re
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -133,3 +134,31 @@ def _settles(condition, timeout: float = 120) -> bool:
             return False
         time.sleep(0.5)
     return True
+
+
+def test_bind_to_a_busy_port_shows_the_error(trace) -> None:
+    """The classic question: which socket function returned -EADDRINUSE?"""
+    if EXPECT != "kprobe-multi":
+        result = subprocess.run(
+            [sys.executable, "-m", "socketrace", *way_args(), "--filter-errors"], capture_output=True, text=True
+        )
+        assert result.returncode == 1 and "need kprobe-multi" in result.stderr
+        return
+    port = free_port()
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", port))
+        holder.listen()
+        code = (
+            "import socket, errno; s = socket.socket()\n"
+            f"try: s.bind(('127.0.0.1', {port}))\n"
+            "except OSError as e: assert e.errno == errno.EADDRINUSE\n"
+        )
+        traffic = WaitingProcess(code)
+        tracer = trace(*way_args(), "--filter-pid", str(traffic.pid), "--filter-errors", "--output-json")
+        traffic.run()
+        time.sleep(2)
+        result = tracer.stop()
+    events = [json.loads(line) for line in result.lines]
+    failing = {event["func"] for event in events if event["errno"] == "EADDRINUSE"}
+    assert failing & {"inet_bind", "__inet_bind", "inet_bind_sk"}, events
+    assert all(event["ret"] < 0 and event["duration_ns"] > 0 for event in events)

@@ -239,3 +239,9 @@ def test_closed_pipe_ends_cleanly() -> None:
     assert len(stdout.splitlines()) == 2
     assert "status=0" in stderr
     assert "Traceback" not in stderr
+
+
+def test_return_values_need_kprobe_multi() -> None:
+    result = subprocess.run([sys.executable, "-m", "socketrace", "--output-return"], capture_output=True, text=True)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith("socketrace: error: --output-return and --filter-errors")

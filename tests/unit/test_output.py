@@ -15,7 +15,7 @@ from socketrace.output.clock import EventClock
 from socketrace.output.json import JsonFormatter
 from socketrace.output.summary import Summary
 from socketrace.output.text import TextFormatter, header
-from socketrace.symbols import KernelSymbols, ProbeNames
+from socketrace.symbols import KernelSymbols, ProbeNames, format_return
 
 AF_INET, AF_INET6, AF_NETLINK, AF_UNIX = 2, 10, 16, 1
 
@@ -101,7 +101,7 @@ def test_stack_follows_the_event_and_is_symbolized() -> None:
 
 
 def test_event_size_is_pinned() -> None:
-    assert ctypes.sizeof(Event) == EVENT_SIZE == 280
+    assert ctypes.sizeof(Event) == EVENT_SIZE == 296
 
 
 def test_classic_kprobe_events_are_named_from_their_address() -> None:
@@ -168,3 +168,29 @@ def test_unix_path_peer_and_abstract_names() -> None:
     ctypes.memmove(ctypes.addressof(event.detail.unix_sk) + 12, b"\0abstract", 9)
     event.detail.unix_sk.path_len = 9
     assert decode_record(bytes(event)).event.unix_path == "@abstract"
+
+
+def test_return_value_errno_and_duration() -> None:
+    event = make_event(flags=2, retval=-98, duration_ns=12_345)
+    line = formatter().format(decode_record(bytes(event)))
+    assert "ret=-98 errno=EADDRINUSE duration=12.3us" in line
+    assert format_return(0xFFFF888000001000 - (1 << 64), 1000) == "ret=0xffff888000001000 duration=1.0us"
+    fields = json.loads(
+        JsonFormatter(ProbeNames(["tcp_sendmsg"]).name_of, EventClock(Timestamp.NONE), None).format(
+            decode_record(bytes(event))
+        )
+    )
+    assert (fields["ret"], fields["errno"], fields["duration_ns"]) == (-98, "EADDRINUSE", 12_345)
+    entry = json.loads(
+        JsonFormatter(ProbeNames(["tcp_sendmsg"]).name_of, EventClock(Timestamp.NONE), None).format(
+            decode_record(bytes(make_event()))
+        )
+    )
+    assert entry["ret"] is None and entry["duration_ns"] is None
+
+
+def test_summary_latency_per_function() -> None:
+    summary = Summary(ProbeNames(["inet_bind"]).name_of, top=5)
+    for duration in (1_000, 3_000):
+        summary.add(decode_record(bytes(make_event(flags=2, retval=0, duration_ns=duration))))
+    assert re.search(r"^inet_bind avg 2.0us max 3.0us\s+2$", summary.render(1.0), re.M)
