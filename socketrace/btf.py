@@ -268,8 +268,9 @@ class Btf:
 
     def pointer_ids(self, struct_names: set[str]) -> dict[int, str]:
         """Type ids that are pointers to one of the named structs (possibly
-        const, possibly through typedefs and qualifiers), to the struct's name."""
-        pointers: dict[int, str] = {}
+        const, possibly through typedefs and qualifiers), to the struct's name.
+        Split BTF (a module's) also uses its base's pointer types."""
+        pointers: dict[int, str] = self.base.pointer_ids(struct_names) if self.base else {}
         for type_id in self._ids_of_kind(KIND_PTR):
             pointee = self.pointee_struct(type_id)
             if pointee and pointee[0] in struct_names:

@@ -21,6 +21,7 @@ from .options import (
     OutputSpec,
     Timestamp,
     parse_addr,
+    parse_kmods,
     parse_netns,
     parse_protocol,
     parse_regex,
@@ -91,6 +92,8 @@ U32 = click.IntRange(0, 0xFFFF_FFFF)
     type=click.Choice(["sock", "socket", "tracepoint"]),
     help="List traceable functions (or raw tracepoints) by socket argument position, then exit.",
 )
+@click.option("--kmods", metavar="NAME,...", help="Also trace functions of these kernel modules (from their BTF).")
+@click.option("--all-kmods", is_flag=True, help="Also trace functions of every loaded module that has BTF.")
 @click.option(
     "--kernel-btf",
     metavar="PATH",
@@ -136,6 +139,8 @@ def build_options(
     filter_errors: bool,
     list_funcs: str | None,
     kernel_btf: str,
+    kmods: str | None,
+    all_kmods: bool,
     skb_tracepoints: bool,
     dump_program: bool,
 ) -> Options:
@@ -174,6 +179,8 @@ def build_options(
         attach_way=AttachWay(kprobe_way),
         kernel_btf=kernel_btf,
         skb_tracepoints=skb_tracepoints,
+        kmods=parse_kmods(kmods) if kmods is not None else (),
+        all_kmods=all_kmods,
         list_funcs=list_funcs,
         dump_program=dump_program,
     )

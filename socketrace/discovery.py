@@ -41,6 +41,7 @@ SOCK_FREE_FUNCTION = "sk_destruct"
 
 KALLSYMS = "/proc/kallsyms"
 KPROBE_BLACKLIST = "/sys/kernel/debug/kprobes/blacklist"
+MODULE_BTF_DIR = Path("/sys/kernel/btf")  # one split BTF file per loaded module, beside vmlinux
 
 # Compiler clones (GCC's interprocedural optimisations) may change the calling
 # convention, so the BTF prototype no longer says which register holds the socket.
@@ -345,6 +346,8 @@ def discover(options: Options, with_functions: bool) -> Discovery:
     sock_free_ip = None
     if with_functions:
         candidates = socket_functions(btf)
+        for module in _module_btfs(btf, options):
+            candidates += socket_functions(module)
         traceable, source = traceable_functions()
         functions = _select_functions(candidates, traceable, kprobe_blacklist(), options.filter_funcs, skipped)
         registers = register_offsets(btf, platform.machine())
@@ -360,6 +363,23 @@ def discover(options: Options, with_functions: bool) -> Discovery:
     except BtfError as err:
         raise DiscoveryError(str(err)) from err
     return Discovery(functions, tracepoints, fields, skipped, source, registers, sock_free_ip)
+
+
+def _module_btfs(vmlinux: Btf, options: Options) -> list[Btf]:
+    """BTF of the modules asked for (--kmods), or of every loaded one (--all-kmods)."""
+    if options.all_kmods:
+        paths = sorted(path for path in MODULE_BTF_DIR.iterdir() if path.name != "vmlinux")
+    else:
+        paths = [MODULE_BTF_DIR / name for name in options.kmods]
+    modules = []
+    for path in paths:
+        try:
+            modules.append(load_btf_file(path, base=vmlinux))
+        except FileNotFoundError:
+            raise DiscoveryError(f"--kmods: module {path.name} has no BTF here (not loaded?)") from None
+        except (OSError, BtfError) as err:
+            raise DiscoveryError(f"cannot read BTF of module {path.name}: {err}") from err
+    return modules
 
 
 def _kallsyms_address(name: str) -> int | None:

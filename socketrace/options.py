@@ -22,6 +22,7 @@ __all__ = [
     "OutputSpec",
     "Timestamp",
     "parse_addr",
+    "parse_kmods",
     "parse_netns",
     "parse_protocol",
     "parse_regex",
@@ -124,6 +125,8 @@ class Options:
     attach_way: AttachWay = AttachWay.AUTO
     kernel_btf: str = "/sys/kernel/btf/vmlinux"
     skb_tracepoints: bool = False
+    kmods: tuple[str, ...] = ()  # kernel modules whose functions are traced too
+    all_kmods: bool = False
     list_funcs: str | None = None
     dump_program: bool = False
 
@@ -166,6 +169,17 @@ def parse_netns(text: str) -> int:
         return os.stat(path).st_ino
     except OSError as err:
         raise OptionError(f"--filter-netns: cannot open {path}: {err.strerror}") from None
+
+
+def parse_kmods(text: str) -> tuple[str, ...]:
+    """A comma-separated list of kernel module names (``nf_conntrack,sctp``)."""
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    for name in names:
+        if not re.fullmatch(r"[A-Za-z0-9_-]+", name):
+            raise OptionError(f"--kmods: {name!r} is not a module name")
+    if not names:
+        raise OptionError("--kmods: no module named")
+    return names
 
 
 def parse_regex(text: str) -> re.Pattern[str]:

@@ -162,3 +162,25 @@ def test_bind_to_a_busy_port_shows_the_error(trace) -> None:
     failing = {event["func"] for event in events if event["errno"] == "EADDRINUSE"}
     assert failing & {"inet_bind", "__inet_bind", "inet_bind_sk"}, events
     assert all(event["ret"] < 0 and event["duration_ns"] > 0 for event in events)
+
+
+def test_kernel_module_functions(trace) -> None:
+    """sctp's functions, found in its module BTF, traced with the backend under test."""
+    subprocess.run(["modprobe", "sctp"], check=True)
+    port = free_port()
+    tracer = trace(*way_args(), "--kmods", "sctp", "--filter-funcs", "sctp_.*", "--filter-port", str(port))
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_SCTP) as server:
+        server.bind(("127.0.0.1", port))
+        server.listen()
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_SCTP) as client:
+            client.connect(("127.0.0.1", port))
+            client.send(b"ping")
+            conn, _ = server.accept()
+            with conn:
+                assert conn.recv(10) == b"ping"
+            client_port = client.getsockname()[1]
+    time.sleep(2)
+    result = tracer.stop()
+    sends = [line for line in result.with_func("sctp_sendmsg") if f":{client_port} -> 127.0.0.1:{port} " in line]
+    assert sends, result.lines[:40]
+    assert all("protocol=IPPROTO_SCTP" in line for line in sends)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import struct
 from collections import Counter
 from pathlib import Path
 
@@ -17,9 +18,11 @@ from socketrace.discovery import (
     _select_functions,
     find_socket_probes,
     kernel_field_locations,
+    socket_functions,
 )
 
 from ..conftest import require
+from .test_btf import BtfWriter
 
 VMLINUX_BTF = Path("/sys/kernel/btf/vmlinux")
 
@@ -125,3 +128,18 @@ def test_this_kernel_tracepoints(vmlinux: Btf) -> None:
     with_skb = find_socket_probes(vmlinux.raw_tracepoints(), vmlinux, ProbeKind.TRACEPOINT, skb=True)
     assert len(with_skb) > len(found)
     assert _positions(with_skb)["kfree_skb"][1] is ArgKind.SOCK  # a sock argument wins over the skb
+
+
+def test_module_functions_use_the_base_pointer_types() -> None:
+    """A module's split BTF points at vmlinux's `struct sock *`; its functions are found all the same."""
+    base_writer = BtfWriter()
+    base_writer.add("int", 1, 0, 4, struct.pack("<I", 32))  # id 1
+    base_writer.add("sock", 4, 0, 8)  # id 2: struct sock
+    base_writer.add("", 2, 0, 2)  # id 3: struct sock *
+    base = Btf(base_writer.blob())
+    module_writer = BtfWriter(str_base=len(base_writer.strings))
+    params = struct.pack("<II", module_writer.name("flags"), 1) + struct.pack("<II", module_writer.name("sk"), 3)
+    module_writer.add("", 13, 2, 1, params)  # id 4: int (int flags, struct sock *sk)
+    module_writer.add("sctp_fn", 12, 0, 4)  # id 5: FUNC
+    module = Btf(module_writer.blob(), base)
+    assert _positions(socket_functions(module)) == {"sctp_fn": (1, ArgKind.SOCK)}

@@ -58,6 +58,8 @@ def test_regex() -> None:
         ["--filter-netns", "/nonexistent/ns"],
         ["--filter-funcs", "tcp_("],
         ["--kprobe-way", "fentry"],
+        ["--kmods", "sctp,../x"],
+        ["--output-json", "--summary"],
         ["--no-such-flag"],
     ],
 )

@@ -75,12 +75,15 @@ mount -t tmpfs tmpfs /rw
 mkdir -p /rw/upper /rw/work
 mount -t overlay overlay -o lowerdir=/lower,upperdir=/rw/upper,workdir=/rw/work /host || mount --bind /lower /host
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144 out /out || echo "vm: no out share"
-for dir in tmp run var/tmp root var/cache/socketrace-vm; do
+for dir in tmp run var/tmp root; do
     [ -d "/host/$dir" ] && mount -t tmpfs tmpfs "/host/$dir"
 done
 checkout=$(cat /out/checkout)
 mkdir -p "/host$checkout" 2>/dev/null
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144,ro,cache=loose checkout "/host$checkout"
+# The kernel's own modules, for modprobe in any userland.
+mkdir -p /host/lib/modules
+mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144,ro modules /host/lib/modules
 mkdir -p /host/tmp/vm-out
 mount --bind /out /host/tmp/vm-out
 mount -t proc proc /host/proc
@@ -267,6 +270,7 @@ def run_in_vm(
         (out / "command.sh").write_text(command + "\n")
         (out / "checkout").write_text(str(checkout.resolve()))
         console = out / "console.log"
+        modules = kernel.vmlinuz.parents[1] / "lib/modules"
         qemu = [
             QEMU,
             "-machine", "pc",
@@ -285,6 +289,7 @@ def run_in_vm(
             "-virtfs", f"local,path={root},mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
             "-virtfs", f"local,path={checkout.resolve()},mount_tag=checkout,security_model=none,readonly=on",
             "-virtfs", f"local,path={out},mount_tag=out,security_model=none",
+            "-virtfs", f"local,path={modules},mount_tag=modules,security_model=none,readonly=on",
         ]  # fmt: skip
         with contextlib.suppress(subprocess.TimeoutExpired):  # reported below as a missing status
             subprocess.run(qemu, check=False, timeout=timeout, stdin=subprocess.DEVNULL, capture_output=True)
