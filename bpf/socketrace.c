@@ -68,8 +68,9 @@
 #define ARG_SOCKET 1
 #define ARG_SKB 2
 
-/* kprobe-multi cookie: probe id << 8 | arg kind << 4 | arg index. */
-#define COOKIE_PROBE_SHIFT 8
+/* kprobe-multi cookie: probe id << 12 | returns a 32-bit int << 8 | arg kind << 4 | arg index. */
+#define COOKIE_PROBE_SHIFT 12
+#define COOKIE_RETURNS_INT32 (1 << 8)
 
 #define AF_UNIX 1
 #define AF_INET 2
@@ -556,7 +557,11 @@ int kprobe_multi_return(void *ctx)
 	struct call done = *call;
 
 	calls.delete(&key);
+	u64 cookie = bpf_get_attach_cookie(ctx);
+
 	bpf_probe_read_kernel(&retval, sizeof(retval), (const char *)ctx + REG_RET);
+	if (cookie & COOKIE_RETURNS_INT32)
+		retval = (s32)retval; /* the upper half of the register is not part of an int */
 #ifdef FILTER_ERRORS
 	if (retval >= 0 || retval < -MAX_ERRNO)
 		return 0;
@@ -565,7 +570,7 @@ int kprobe_multi_return(void *ctx)
 
 	if (!level)
 		return 0;
-	emit_event(ctx, slot, (const void *)done.sk, bpf_get_attach_cookie(ctx) >> COOKIE_PROBE_SHIFT, key.func_ip,
+	emit_event(ctx, slot, (const void *)done.sk, cookie >> COOKIE_PROBE_SHIFT, key.func_ip,
 		   retval, now - done.ts_ns, EVENT_RETURN);
 	*level = slot;
 	return 0;

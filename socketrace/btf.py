@@ -98,10 +98,11 @@ class MemberLocation:
 
 @dataclass(frozen=True)
 class FuncProto:
-    """A function or raw tracepoint: its name and its parameters' type ids."""
+    """A function or raw tracepoint: its name, its parameters' type ids, its return type id (0: void)."""
 
     name: str
     param_types: tuple[int, ...]
+    return_type: int = 0
 
 
 class Btf:
@@ -263,8 +264,16 @@ class Btf:
             name_off, _info, proto = _HEADER.unpack_from(data, offsets[type_id - first])
             params = self._params(proto)
             if wanted is None or wanted(params):
-                funcs.append(FuncProto(self.string(name_off), params))
+                funcs.append(FuncProto(self.string(name_off), params, self.header(proto)[3]))
         return funcs
+
+    def is_int32(self, type_id: int) -> bool:
+        """A 32-bit integer (int, u32, an enum): the upper half of a 64-bit return register is not part of it."""
+        type_id = self.resolve(type_id)
+        if not type_id:
+            return False
+        _, kind, _, size, _ = self.header(type_id)
+        return kind in (KIND_INT, KIND_ENUM) and size == 4
 
     def pointer_ids(self, struct_names: set[str]) -> dict[int, str]:
         """Type ids that are pointers to one of the named structs (possibly

@@ -76,6 +76,7 @@ class Probe:
     arg_index: int
     arg_kind: ArgKind
     kind: ProbeKind
+    returns_int32: bool = False  # the return value is the low 32 bits of the register
 
 
 @dataclass(frozen=True)
@@ -177,10 +178,12 @@ def find_socket_probes(protos: list[FuncProto], btf: Btf, kind: ProbeKind, skb: 
     A ``struct sock *`` wins over a ``struct socket *`` (the sock holds the
     addresses); the position is the parameter's own, whatever precedes it.
     """
-    return _socket_probes(protos, btf.pointer_ids(set(SOCKET_STRUCTS)), kind, skb)
+    return _socket_probes(protos, btf.pointer_ids(set(SOCKET_STRUCTS)), kind, skb, btf)
 
 
-def _socket_probes(protos: list[FuncProto], pointers: dict[int, str], kind: ProbeKind, skb: bool) -> list[Probe]:
+def _socket_probes(
+    protos: list[FuncProto], pointers: dict[int, str], kind: ProbeKind, skb: bool, btf: Btf
+) -> list[Probe]:
     probes = []
     for proto in protos:
         kinds = [SOCKET_STRUCTS.get(pointers.get(type_id, "")) for type_id in proto.param_types[:MAX_FUNC_ARGS]]
@@ -188,7 +191,8 @@ def _socket_probes(protos: list[FuncProto], pointers: dict[int, str], kind: Prob
             if wanted is ArgKind.SKB and not skb:
                 break
             if wanted in kinds:
-                probes.append(Probe(proto.name, kinds.index(wanted), wanted, kind))
+                int32 = btf.is_int32(proto.return_type)
+                probes.append(Probe(proto.name, kinds.index(wanted), wanted, kind, int32))
                 break
     return probes
 
@@ -198,7 +202,7 @@ def socket_functions(btf: Btf) -> list[Probe]:
     functions, decoding only the names of those that qualify."""
     pointers = btf.pointer_ids({"sock", "socket"})
     candidates = btf.functions(lambda params: not pointers.keys().isdisjoint(params[:MAX_FUNC_ARGS]))
-    return _socket_probes(candidates, pointers, ProbeKind.FUNCTION, skb=False)
+    return _socket_probes(candidates, pointers, ProbeKind.FUNCTION, False, btf)
 
 
 def kernel_field_locations(btf: Btf) -> dict[str, FieldLocation]:

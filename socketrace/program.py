@@ -143,8 +143,8 @@ def kprobe_entry_name(probe: Probe) -> str:
 
 
 def kprobe_multi_cookie(probe_id: int, probe: Probe) -> int:
-    """What the kprobe-multi entry learns from bpf_get_attach_cookie()."""
-    return probe_id << 8 | int(probe.arg_kind) << 4 | probe.arg_index
+    """What the kprobe-multi programs learn from bpf_get_attach_cookie(); see COOKIE_* in the C."""
+    return probe_id << 12 | int(probe.returns_int32) << 8 | int(probe.arg_kind) << 4 | probe.arg_index
 
 
 def kernel_version_code(release: str) -> int:
