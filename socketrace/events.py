@@ -9,8 +9,11 @@ counter bumped when an output fails) and read back here.
 from __future__ import annotations
 
 import ctypes
+import socket
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+from .symbols import AF_INET, AF_INET6
 
 if TYPE_CHECKING:
     from bcc import BPF
@@ -93,6 +96,18 @@ class Event(ctypes.Structure):
     @property
     def has_socket(self) -> bool:
         return bool(self.flags & EVENT_HAS_SOCKET)
+
+    def addresses(self) -> tuple[str, str] | None:
+        """(local, remote) addresses as text for AF_INET and AF_INET6, else None."""
+        if self.family == AF_INET:
+            return socket.inet_ntop(socket.AF_INET, bytes(self.saddr)[:4]), socket.inet_ntop(
+                socket.AF_INET, bytes(self.daddr)[:4]
+            )
+        if self.family == AF_INET6:
+            return socket.inet_ntop(socket.AF_INET6, bytes(self.saddr)), socket.inet_ntop(
+                socket.AF_INET6, bytes(self.daddr)
+            )
+        return None
 
     @property
     def is_return(self) -> bool:

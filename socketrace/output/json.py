@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import ipaddress
 import json
 from collections.abc import Callable
 
-from ..events import Event, Record
+from ..events import Record
 from ..symbols import (
-    AF_INET,
-    AF_INET6,
     AF_NETLINK,
     AF_PACKET,
     AF_UNIX,
@@ -26,14 +23,6 @@ from .clock import EventClock
 __all__ = ["JsonFormatter"]
 
 
-def _addresses(event: Event) -> tuple[str | None, str | None]:
-    if event.family == AF_INET:
-        return str(ipaddress.IPv4Address(bytes(event.saddr[:4]))), str(ipaddress.IPv4Address(bytes(event.daddr[:4])))
-    if event.family == AF_INET6:
-        return str(ipaddress.IPv6Address(bytes(event.saddr))), str(ipaddress.IPv6Address(bytes(event.daddr)))
-    return None, None
-
-
 class JsonFormatter:
     """Records to JSON lines; addresses are null for families without them, socket_* null without a socket."""
 
@@ -45,7 +34,7 @@ class JsonFormatter:
     def format(self, record: Record) -> str:
         event = record.event
         stamps = self._clock.stamp(event)
-        saddr, daddr = _addresses(event)
+        saddr, daddr = event.addresses() or (None, None)
         has_socket = event.has_socket
         is_unix, is_netlink = event.family == AF_UNIX, event.family == AF_NETLINK
         fields = {

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Callable
 
 from ..events import Event, Record
@@ -41,15 +40,13 @@ def header(with_time: bool = False) -> str:
 
 def format_tuple(event: Event) -> str:
     """``saddr:sport -> daddr:dport``; IPv6 addresses in brackets; empty for other families."""
-    if event.family == AF_INET:
-        local = ipaddress.IPv4Address(bytes(event.saddr[:4]))
-        remote = ipaddress.IPv4Address(bytes(event.daddr[:4]))
-        return f"{local}:{event.sport} -> {remote}:{event.dport}"
+    addresses = event.addresses()
+    if addresses is None:
+        return ""
+    local, remote = addresses
     if event.family == AF_INET6:
-        local6 = ipaddress.IPv6Address(bytes(event.saddr))
-        remote6 = ipaddress.IPv6Address(bytes(event.daddr))
-        return f"[{local6}]:{event.sport} -> [{remote6}]:{event.dport}"
-    return ""
+        return f"[{local}]:{event.sport} -> [{remote}]:{event.dport}"
+    return f"{local}:{event.sport} -> {remote}:{event.dport}"
 
 
 def format_detail(event: Event, with_tcp_state: bool = True) -> str:
