@@ -184,3 +184,42 @@ def test_kernel_module_functions(trace) -> None:
     sends = [line for line in result.with_func("sctp_sendmsg") if f":{client_port} -> 127.0.0.1:{port} " in line]
     assert sends, result.lines[:40]
     assert all("protocol=IPPROTO_SCTP" in line for line in sends)
+
+
+LIFECYCLE = (
+    "inet_bind|__inet_bind|inet_listen|inet_csk_accept|inet_accept|tcp_sendmsg|tcp_recvmsg|tcp_close|"
+    "inet_release|sk_destruct|__sk_destruct|inet_sock_destruct|tcp_v4_destroy_sock"
+)
+
+
+def test_track_sock_follows_listener_and_child_to_the_end(trace) -> None:
+    """After close the port is reset to 0, so only tracking keeps the sockets' last functions."""
+    port = free_port()
+    code = (
+        f"import socket; server = socket.socket(); server.bind(('127.0.0.1', {port})); server.listen()\n"
+        f"client = socket.create_connection(('127.0.0.1', {port})); child, _ = server.accept()\n"
+        "client.send(b'ping'); child.recv(10); child.send(b'pong'); client.recv(10)\n"
+        "client.close(); child.close(); server.close()\n"
+    )
+    seen = {}
+    for track in (True, False):
+        traffic = WaitingProcess(code)
+        flags = ["--filter-port", str(port), "--filter-funcs", LIFECYCLE, *(["--filter-track-sock"] * track)]
+        tracer = trace(*way_args(), *flags)
+        traffic.run()
+        time.sleep(3)
+        result = tracer.stop()
+        sk_of = {
+            func: {line.split("sk=")[1].split()[0] for line in result.with_func(func)}
+            for func in ("inet_listen", "tcp_recvmsg", "sk_destruct", "inet_sock_destruct")
+        }
+        seen[track] = sk_of
+    tracked = seen[True]
+    listener = tracked["inet_listen"]
+    children = tracked["tcp_recvmsg"] - listener
+    destroyed = tracked["sk_destruct"] | tracked["inet_sock_destruct"]
+    assert listener and children, tracked
+    assert listener <= destroyed, tracked  # followed past close, when the port no longer matches
+    assert children & destroyed, tracked  # the accepted child too
+    untracked = seen[False]
+    assert not (untracked["sk_destruct"] | untracked["inet_sock_destruct"]) & untracked["inet_listen"]
