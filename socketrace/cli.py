@@ -27,12 +27,13 @@ from .options import (
     parse_regex,
 )
 from .program import ProgramError
-from .run import RunError, run
+from .run import RunError, StopRequested, run, stop_on_signals
 
 __all__ = ["main"]
 
 EXIT_RUNTIME_ERROR = 1
 EXIT_USAGE_ERROR = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 
 U32 = click.IntRange(0, 0xFFFF_FFFF)
 
@@ -188,6 +189,7 @@ def build_options(
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the exit status."""
+    stop_on_signals()
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%Y/%m/%d %H:%M:%S", stream=sys.stderr
     )
@@ -200,8 +202,9 @@ def main(argv: list[str] | None = None) -> int:
     except (RunError, DiscoveryError, ProgramError, AttachError) as err:
         click.echo(f"socketrace: error: {err}", err=True)
         return EXIT_RUNTIME_ERROR
-    except click.Abort:
-        return EXIT_RUNTIME_ERROR
+    except (click.Abort, StopRequested):
+        click.echo("socketrace: interrupted", err=True)
+        return EXIT_INTERRUPTED
     except SystemExit as exit_:
         return int(exit_.code or 0)
     return int(result or 0)

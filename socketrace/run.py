@@ -28,7 +28,7 @@ from .output.writers import LineWriter, SummaryWriter
 from .program import ProgramPlan, compile_program, plan_program, program_listing
 from .symbols import KernelSymbols, ProbeNames
 
-__all__ = ["RunError", "StopRequested", "list_functions", "run"]
+__all__ = ["RunError", "StopRequested", "list_functions", "run", "stop_on_signals"]
 
 log = logging.getLogger("socketrace")
 
@@ -68,7 +68,7 @@ def run(options: Options, stdout: TextIO) -> int:
             os.unlink(options.output.ready_file)  # a stale one would release a waiting script too early
     bpf = compile_program(plan)
     printed = 0
-    with _output(options.output.file, stdout) as sink, _stop_on_signals():
+    with _output(options.output.file, stdout) as sink:
         reader = EventReader(bpf, use_perf_buffer=not features.ring_buffer)
         writer = _writer(options.output, _probe_names(plan).name_of, sink)
         try:
@@ -170,20 +170,16 @@ def _output(path: str | None, stdout: TextIO) -> Iterator[TextIO]:
         yield sink
 
 
-@contextmanager
-def _stop_on_signals() -> Iterator[None]:
-    """SIGINT and SIGTERM stop the run, even where SIGINT was ignored at start
-    (a background job of a non-interactive shell), as `kill -INT` users expect."""
+def stop_on_signals() -> None:
+    """From now on SIGINT and SIGTERM raise StopRequested, even where SIGINT was
+    ignored at start (a background job of a non-interactive shell), as `kill -INT`
+    users expect. The CLI calls this first thing, so no signal finds Python's default."""
 
     def stop(_signum: int, _frame: object) -> None:
         raise StopRequested
 
-    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, stop)
 
 
 def list_functions(discovery: Discovery, what: str) -> str:

@@ -245,3 +245,14 @@ def test_return_values_need_kprobe_multi() -> None:
     result = subprocess.run([sys.executable, "-m", "socketrace", "--output-return"], capture_output=True, text=True)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1].startswith("socketrace: error: --output-return and --filter-errors")
+
+
+def test_interrupt_during_start_up_is_clean() -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "socketrace", "--filter-port", "9"], stderr=subprocess.PIPE, text=True
+    )
+    time.sleep(0.2)  # importing or compiling: not tracing yet
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode in (0, 130), stderr  # 0 if it got as far as tracing
+    assert "Traceback" not in stderr
