@@ -51,7 +51,7 @@ def detect_features() -> Features:
         ring_buffer=_has_ring_buffer(),
         kprobes=kprobes,
         kprobe_multi=kprobes and _has_kprobe_multi(),
-        get_func_ip=kprobes and _loads(_CALL_GET_FUNC_IP),
+        get_func_ip=kprobes and _can_load(_CALL_GET_FUNC_IP),
     )
 
 
@@ -71,6 +71,14 @@ def _loads(instructions: bytes, expected_attach_type: int = 0) -> int | None:
         return bpfsys.bpf_prog_load(bpfsys.BPF_PROG_TYPE_KPROBE, instructions, expected_attach_type)
     except OSError:
         return None
+
+
+def _can_load(instructions: bytes) -> bool:
+    fd = _loads(instructions)
+    if fd is None:
+        return False
+    os.close(fd)
+    return True
 
 
 def _has_kprobe_multi() -> bool:

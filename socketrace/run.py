@@ -12,7 +12,6 @@ import logging
 import os
 import signal
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from typing import TextIO
 
 from .attach import AttachError, choose_way, make_attacher
@@ -57,6 +56,10 @@ def run(options: Options, stdout: TextIO) -> int:
             f"--output-return and --filter-errors need kprobe-multi (5.18+); the backend here is {way.value}"
         )
     discovery = discover(options, with_functions=way is not AttachWay.TRACEPOINT)
+    if discovery.functions:
+        log.info("%d functions take a socket (checked against %s)", len(discovery.functions), discovery.function_source)
+    for reason, count in sorted(discovery.skipped.items()):
+        log.info("Left out %d functions: %s", count, reason)
     plan = plan_program(options, discovery, way, features)
     if options.dump_program:
         stdout.write(program_listing(plan))
@@ -157,7 +160,7 @@ def _consume(reader: EventReader, writer: LineWriter | SummaryWriter, sink: Text
     return taken
 
 
-@contextmanager
+@contextlib.contextmanager
 def _output(path: str | None, stdout: TextIO) -> Iterator[TextIO]:
     if path is None:
         yield stdout
