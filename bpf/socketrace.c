@@ -420,27 +420,38 @@ int handle_probe(void *ctx, u32 level, u32 probe_id, u64 func_ip, u64 arg, int a
  * what it knows in its nesting level's `pending` slot and tail-calls the one
  * shared handler, so the handler is compiled once rather than per entry.
  */
-static inline __attribute__((always_inline))
-int enter(void *ctx, u32 probe_id, u64 func_ip, u64 arg, u32 arg_kind)
+/* Take this CPU's next nesting level for the duration of one program run. */
+static inline __attribute__((always_inline)) u32 *enter_level(u32 *slot)
 {
 	u32 zero = 0;
 	u32 *level = nesting.lookup(&zero);
 
-	if (!level)
-		return 0;
-	u32 slot = *level;
-	struct pending *entry = pending.lookup(&slot);
-	if (!entry) { /* deeper than MAX_NESTING */
+	if (!level || *level >= MAX_NESTING) {
 		count(COUNTER_DROPPED);
 		return 0;
 	}
-	entry->arg = arg;
-	entry->func_ip = func_ip;
-	entry->probe_id = probe_id;
-	entry->arg_kind = arg_kind;
-	*level = slot + 1;
-	handlers.call(ctx, 0);
-	/* Reached only if the tail call failed. */
+	*slot = *level;
+	*level = *slot + 1;
+	return level;
+}
+
+static inline __attribute__((always_inline))
+int enter(void *ctx, u32 probe_id, u64 func_ip, u64 arg, u32 arg_kind)
+{
+	u32 slot;
+	u32 *level = enter_level(&slot);
+
+	if (!level)
+		return 0;
+	struct pending *entry = pending.lookup(&slot);
+	if (entry) {
+		entry->arg = arg;
+		entry->func_ip = func_ip;
+		entry->probe_id = probe_id;
+		entry->arg_kind = arg_kind;
+		/* The handler gives the level back; it returns here only if the tail call failed. */
+		handlers.call(ctx, 0);
+	}
 	*level = slot;
 	count(COUNTER_DROPPED);
 	return 0;
@@ -510,21 +521,6 @@ KPROBES
 #endif
 
 #ifdef KPROBE_MULTI
-/* Take this CPU's next nesting level for the duration of one program run. */
-static inline __attribute__((always_inline)) u32 *enter_level(u32 *slot)
-{
-	u32 zero = 0;
-	u32 *level = nesting.lookup(&zero);
-
-	if (!level || *level >= MAX_NESTING) {
-		count(COUNTER_DROPPED);
-		return 0;
-	}
-	*slot = *level;
-	*level = *slot + 1;
-	return level;
-}
-
 /* kprobe-multi: one function for every traced function; the cookie says
  * which function it is and where its socket argument is. It runs the
  * handler itself (a kprobe-multi program may not tail-call a kprobe one). */
