@@ -19,6 +19,7 @@ from pathlib import Path
 from .btf import Btf, BtfError, FuncProto, MemberLocation, load_btf_file
 from .features import AVAILABLE_FILTER_FUNCTIONS
 from .options import Options
+from .symbols import KernelSymbols
 
 __all__ = [
     "ArgKind",
@@ -356,7 +357,7 @@ def discover(options: Options, with_functions: bool) -> Discovery:
         functions = _select_functions(candidates, traceable, kprobe_blacklist(), options.filter_funcs, skipped)
         registers = register_offsets(btf, platform.machine())
         if options.filters.track_sock and any(probe.name == SOCK_FREE_FUNCTION for probe in functions):
-            sock_free_ip = _kallsyms_address(SOCK_FREE_FUNCTION)
+            sock_free_ip = KernelSymbols.from_kallsyms().address_of({SOCK_FREE_FUNCTION}).get(SOCK_FREE_FUNCTION)
     tracepoints = [
         probe
         for probe in find_socket_probes(btf.raw_tracepoints(), btf, ProbeKind.TRACEPOINT, options.skb_tracepoints)
@@ -384,12 +385,3 @@ def _module_btfs(vmlinux: Btf, options: Options) -> list[Btf]:
         except (OSError, BtfError) as err:
             raise DiscoveryError(f"cannot read BTF of module {path.name}: {err}") from err
     return modules
-
-
-def _kallsyms_address(name: str) -> int | None:
-    with open(KALLSYMS) as kallsyms:
-        for line in kallsyms:
-            address, kind, symbol = line.split()[:3]
-            if symbol == name and kind in "tT":
-                return int(address, 16)
-    return None

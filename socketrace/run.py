@@ -73,7 +73,10 @@ def run(options: Options, stdout: TextIO) -> int:
     printed = 0
     with _output(options.output.file, stdout) as sink:
         reader = EventReader(bpf, use_perf_buffer=not features.ring_buffer)
-        writer = _writer(options.output, _probe_names(plan).name_of, sink)
+        # Classic kprobes name functions by address, --output-stack names frames: one read of kallsyms.
+        needs_symbols = options.output.stack or plan.way is AttachWay.KPROBE
+        symbols = KernelSymbols.from_kallsyms() if needs_symbols else None
+        writer = _writer(options.output, _probe_names(plan, symbols).name_of, sink, symbols)
         try:
             with make_attacher(bpf, way, with_returns=options.output.return_values) as attacher:
                 if attacher.attach(plan.probes).attached == 0:
@@ -96,11 +99,11 @@ def run(options: Options, stdout: TextIO) -> int:
     return 0
 
 
-def _probe_names(plan: ProgramPlan) -> ProbeNames:
+def _probe_names(plan: ProgramPlan, symbols: KernelSymbols | None) -> ProbeNames:
     names = [probe.name for probe in plan.probes]
-    if plan.way is not AttachWay.KPROBE:
+    if plan.way is not AttachWay.KPROBE or symbols is None:
         return ProbeNames(names)
-    return ProbeNames(names, KernelSymbols.from_kallsyms().address_of(set(names)))
+    return ProbeNames(names, symbols.address_of(set(names)))
 
 
 def _seconds_since_process_start() -> float:
@@ -112,11 +115,13 @@ def _seconds_since_process_start() -> float:
         return float(uptime.read().split()[0]) - start_ticks / ticks
 
 
-def _writer(spec: OutputSpec, name_of: Callable[[int, int], str], sink: TextIO) -> LineWriter | SummaryWriter:
+def _writer(
+    spec: OutputSpec, name_of: Callable[[int, int], str], sink: TextIO, kernel_symbols: KernelSymbols | None
+) -> LineWriter | SummaryWriter:
     """The table, JSON lines, or the summary, as the options ask."""
     if spec.summary:
         return SummaryWriter(Summary(name_of, spec.summary_top), sink, spec.summary_interval)
-    symbols = KernelSymbols.from_kallsyms() if spec.stack else None
+    symbols = kernel_symbols if spec.stack else None
     if spec.json:
         return LineWriter(JsonFormatter(name_of, EventClock(spec.timestamp), symbols).format, sink, header=None)
     clock = EventClock(spec.timestamp) if spec.timestamp is not Timestamp.NONE else None

@@ -42,11 +42,10 @@ def close_in_parallel(fds: list[int], threads: int = DETACH_THREADS, progress: t
 
 
 class KprobeAttacher(Attacher):
-    """Attaches ``kprobe_arg<i>_kind<k>`` to each function through BCC (kretprobes with ``is_return``)."""
+    """Attaches ``kprobe_arg<i>_kind<k>`` to each function through BCC."""
 
-    def __init__(self, bpf: BPF, way: AttachWay, is_return: bool = False, detach_threads: int = DETACH_THREADS) -> None:
+    def __init__(self, bpf: BPF, way: AttachWay, detach_threads: int = DETACH_THREADS) -> None:
         super().__init__(bpf, way)
-        self.is_return = is_return
         self.detach_threads = detach_threads
         self._attached: list[str] = []
 
@@ -55,10 +54,9 @@ class KprobeAttacher(Attacher):
 
         _raise_fd_limit(len(probes) * FDS_PER_PROBE + SPARE_FDS)
         self.install_shared_handler(BPF.KPROBE)
-        attach = self.bpf.attach_kretprobe if self.is_return else self.bpf.attach_kprobe
 
         def attach_one(_probe_id: int, probe: Probe) -> None:
-            attach(event=probe.name.encode(), fn_name=kprobe_entry_name(probe).encode())
+            self.bpf.attach_kprobe(event=probe.name.encode(), fn_name=kprobe_entry_name(probe).encode())
 
         self._attached = self._attach_each(probes, progress, attach_one)
 
