@@ -68,7 +68,7 @@ dist/socketrace: venv $(shell find socketrace bpf -type f) pyproject.toml
 	$(BIN)/pip install -q --no-compile --target build/zipapp click tqdm pyelftools
 	cp -rL socketrace build/zipapp/socketrace
 	find build/zipapp -name __pycache__ -prune -exec rm -rf {} +
-	printf 'import sys\nfrom socketrace.cli import main\nsys.exit(main())\n' > build/zipapp/__main__.py
+	printf 'import sys\nfrom socketrace.entry import main\nsys.exit(main())\n' > build/zipapp/__main__.py
 	$(SYSTEM_PYTHON) -m zipapp build/zipapp -o $@ -p $(SYSTEM_PYTHON)
 	@echo "built $@"
 

@@ -1,15 +1,27 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * socketrace: one handler for every probe that sees a socket.
+ * socketrace: what the kernel does with sockets, one probe for every function
+ * (or raw tracepoint) that takes one.
  *
  * Compiled by BCC at run time with no kernel headers: this file defines no
  * kernel struct. Every struct field it reads is a -D macro of four integers
  * "offset,size,shift,bits" taken from the running kernel's BTF by
  * socketrace/discovery.py (offset -1: the kernel lacks the field, read 0).
- * Every filter is a -D macro too, defined only when the filter is active.
- * socketrace/program.py builds the whole list; `socketrace --ebpf` prints it.
+ * Every filter is a -D macro too, defined only when the filter is active, and
+ * every constant shared with user space (counters, flags, cookie layout, entry
+ * names) comes from socketrace/contract.py. socketrace/program.py builds the
+ * whole list; `socketrace --ebpf` prints it.
+ *
+ * Each run of an entry program ends in exactly one counter (see contract.py's
+ * Counter): rejected runs as cheaply as possible (filters first, reading only
+ * the fields they need, no scratch, no tail call), the rest as an event, a
+ * summary count, a remembered call, or a drop by cause.
  */
 #include "socketrace.h"
+
+#ifndef __always_inline /* the kernel's compiler.h is not among the stand-in headers */
+#define __always_inline inline __attribute__((always_inline))
+#endif
 
 /* ---- Tunables (defaults; program.py overrides) ---------------------------- */
 
@@ -19,108 +31,132 @@
  *   FILTER_ADDR6_0..3 (the address as four u32 in memory order; an IPv4
  *   address in its IPv4-mapped form) and, for IPv4, FILTER_ADDR4. */
 
-/* Extra fields, each defined only when asked for:
- *   OUTPUT_SOCK_INFO, OUTPUT_SOCKET_INFO, OUTPUT_STACK. */
+/* What to do with a wanted socket, each defined only when asked for:
+ *   OUTPUT_SOCK_INFO, OUTPUT_SOCKET_INFO, OUTPUT_STACK: extra event fields;
+ *   OUTPUT_SUMMARY: count in maps here instead of sending events;
+ *   OUTPUT_RETURN: remember the call, emit at its return (kprobe-multi);
+ *   FILTER_ERRORS: only returns of a negative errno or an ERR_PTR. */
 
 /* TRACK_SOCK: once a socket passes the filters, trace it everywhere.
- * TRACK_FREE_IP: address of the function that frees a sock (__sk_destruct),
- * where tracking ends; kprobe backends only. */
-#ifndef CALLS_IN_FLIGHT
-#define CALLS_IN_FLIGHT 16384
-#endif
-/* OUTPUT_RETURN: emit events when functions return, with the return value
- * and the duration (kprobe-multi only). FILTER_ERRORS: only calls that
- * returned a negative errno. REG_RET: pt_regs offset of the return value. */
-#ifndef REG_RET
-#define REG_RET -1
-#endif
-#define MAX_ERRNO 4095
-
+ * TRACK_FREE_PROBE_ID / TRACK_FREE_IP: the probe (kprobe-multi) or the
+ * address (classic kprobes) of the function that frees a sock, where
+ * tracking ends. */
 #ifndef TRACKED_SOCKS
 #define TRACKED_SOCKS 65536
 #endif
-
+#ifndef CALLS_IN_FLIGHT
+#define CALLS_IN_FLIGHT 16384
+#endif
 #ifndef RINGBUF_PAGES
 #define RINGBUF_PAGES 1024 /* 4 MiB with 4 KiB pages; a power of two */
 #endif
+/* Wake the reader once per this many events of a CPU; between wakeups it
+ * finds the events when its poll times out. */
+#ifndef WAKEUP_EVERY
+#define WAKEUP_EVERY 64
+#endif
+/* --summary: one row per probe, and LRU tables of sockets and processes. */
+#ifndef SUMMARY_PROBES
+#define SUMMARY_PROBES 1
+#endif
+#ifndef SUMMARY_SOCKS
+#define SUMMARY_SOCKS 8192
+#endif
+#ifndef SUMMARY_TASKS
+#define SUMMARY_TASKS 4096
+#endif
+#define LATENCY_BUCKETS 32 /* log2 of nanoseconds: up to ~4 s */
 
-/* Entry points, each an X-macro list of integers (see the end of this file):
- *   RAW_TRACEPOINTS  RAWTP(probe_id, arg_index, arg_kind) ...
- *   KPROBES          KPROBE(arg_index, arg_kind) ...   (classic kprobes)
- *   KPROBE_MULTI     defined when the kprobe-multi entry is wanted */
-
-/* pt_regs offsets of the first five argument registers and of the
- * instruction pointer, needed by the kprobe entries only. */
-#ifndef REG_ARG0
-#define REG_ARG0 -1
-#define REG_ARG1 -1
-#define REG_ARG2 -1
-#define REG_ARG3 -1
-#define REG_ARG4 -1
-#define REG_IP -1
+/* Bytes of a sock copied in one read when an event is built: SK_COMMON_SPAN
+ * covers the sock_common fields (valid in every sock, mini ones included),
+ * SK_SPAN every field the event shows; SOCKET_SPAN the struct socket fields
+ * and the inode number that follows it. Fields past a span are read alone. */
+#define SPAN_MAX 1024
+#ifndef SK_COMMON_SPAN
+#define SK_COMMON_SPAN 8
+#endif
+#ifndef SK_SPAN
+#define SK_SPAN SK_COMMON_SPAN
+#endif
+#ifndef SOCKET_SPAN
+#define SOCKET_SPAN 8
 #endif
 
-/* HAVE_GET_FUNC_IP: bpf_get_func_ip() works in kprobes (5.15+). Without it
- * the classic kprobe entry reports the instruction pointer. */
+/* Entry points, each an X-macro list (see the end of this file):
+ *   RAW_TRACEPOINTS  RAWTP(name, probe_id, arg_index, arg_kind) ...
+ *   KPROBES          KPROBE(name, arg_index, arg_kind) ...   (classic kprobes)
+ *   KPROBE_MULTI     defined when the kprobe-multi entry is wanted
+ * EMPTY_ENTRIES makes every entry return at once (the benchmarks' floor). */
 
-/* Argument kinds, as socketrace.discovery.ArgKind. */
-#define ARG_SOCK 0
-#define ARG_SOCKET 1
-#define ARG_SKB 2
-
-/* kprobe-multi cookie: probe id << 12 | returns a 32-bit int << 8 | arg kind << 4 | arg index. */
-#define COOKIE_PROBE_SHIFT 12
-#define COOKIE_RETURNS_INT32 (1 << 8)
+/* pt_regs offsets of the first five argument registers, the instruction
+ * pointer and the return value, for the kprobe entries (from BTF, per
+ * architecture). HAVE_GET_FUNC_IP: bpf_get_func_ip() works in kprobes (5.15+);
+ * without it classic kprobes report the instruction pointer. */
 
 #define AF_UNIX 1
 #define AF_INET 2
 #define AF_INET6 10
 #define AF_NETLINK 16
 #define AF_PACKET 17
+#define IPPROTO_TCP 6
+#define TCP_TIME_WAIT 6
+#define TCP_NEW_SYN_RECV 12
+#define MAX_ERRNO 4095
+#define BPF_RB_NO_WAKEUP_FLAG 1
+#define BPF_RB_FORCE_WAKEUP_FLAG 2
 
-_Static_assert(sizeof(struct event) == EVENT_SIZE, "struct event size changed: update events.py");
+_Static_assert(sizeof(struct event) == EVENT_SIZE, "struct event no longer matches socketrace/contract.py");
+
+/* Helpers newer than some BCC releases' helpers.h, declared by number
+ * (include/uapi/linux/bpf.h): get_func_ip (5.15), get_attach_cookie (5.15). */
+static u64 (*st_get_func_ip)(void *ctx) = (void *)173;
+static u64 (*st_get_attach_cookie)(void *ctx) = (void *)174;
 
 /* ---- Maps ---------------------------------------------------------------- */
 
-#ifdef OUTPUT_STACK
-struct record {
-	struct event event;
-	u64 stack[MAX_STACK_DEPTH];
-};
-#else
-struct record {
-	struct event event;
-};
-#endif
+/* control[0]: CONTROL_TRACING once everything is attached, until the stop. */
+BPF_ARRAY(control, u32, 1);
 
 /*
- * Per-CPU state, one slot per nesting level: a probe hit in process context
- * can be interrupted by a softirq, a hardirq and an NMI that hit probes of
- * their own on the same CPU. Each level takes the next slot and gives it
+ * Per-CPU state: the counters, and the nesting level. A probe hit in process
+ * context can be interrupted by a softirq, a hardirq and an NMI that hit probes
+ * of their own on the same CPU; each takes the next level's slot and gives it
  * back, so an interrupting probe never overwrites the one it interrupted.
  */
 #define MAX_NESTING 4
 
-/* Which probe fired and with what argument, handed from an entry point to
- * the shared handler across the tail call. */
+/* A wanted socket, handed from an entry to the shared handler across the tail call. */
 struct pending {
-	u64 arg;
+	u64 sk;
 	u64 func_ip;
 	u32 probe_id;
-	u32 arg_kind;
+	u32 pad;
 };
 
-BPF_PERCPU_ARRAY(nesting, u32, 1);
-BPF_PERCPU_ARRAY(pending, struct pending, MAX_NESTING);
-/* The record is built here, not on the 512-byte BPF stack. */
-BPF_PERCPU_ARRAY(scratch, struct record, MAX_NESTING);
-BPF_PERCPU_ARRAY(counters, u64, COUNTER_MAX);
+struct cpu_state {
+	u64 counters[COUNTER_MAX];
+	struct pending pending[MAX_NESTING];
+	u32 nesting;
+	u32 pad;
+};
+BPF_PERCPU_ARRAY(cpu_states, struct cpu_state, 1);
+
+/* Copies of the structs an event is built from, per nesting level. */
+struct scratch {
+	u8 sock[SPAN_MAX];
+	u8 socket[SPAN_MAX];
+#ifdef USE_PERF_BUFFER
+	struct event event;
+	u64 stack[MAX_STACK_DEPTH];
+#endif
+};
+
 #ifdef OUTPUT_RETURN
 /* Calls in flight, from entry to return: which socket, since when. A
  * function that recurses on the same thread keeps only its innermost call. */
 struct call_key {
 	u64 pid_tgid;
-	u64 func_ip;
+	u64 probe_id;
 };
 struct call {
 	u64 sk;
@@ -128,25 +164,58 @@ struct call {
 };
 BPF_HASH(calls, struct call_key, struct call, CALLS_IN_FLIGHT);
 #endif
+
 #ifdef TRACK_SOCK
 /* Sockets that passed the filters. When full, the least recently seen
  * socket is forgotten: it is traced again once it passes the filters. */
 BPF_TABLE("lru_hash", u64, u8, tracked, TRACKED_SOCKS);
 #endif
-/* Slot 0: the shared handler, loaded by user space for the entries' program type. */
-BPF_PROG_ARRAY(handlers, 1);
 
+#ifdef OUTPUT_SUMMARY
+/* Counts kept here, read by user space every interval: per probe (or, for
+ * classic kprobes, per function address), per socket, per process. */
+struct probe_summary {
+	u64 count;
+	u64 total_ns;
+	u64 max_ns;
+	u64 latency[LATENCY_BUCKETS]; /* calls by log2(duration in ns) */
+};
+struct sock_summary {
+	u64 count;
+	u32 netns;
+	u16 family;
+	u16 protocol;
+	u16 sport;
+	u16 dport;
+	u32 pad;
+	u8 saddr[16];
+	u8 daddr[16];
+};
+struct task_summary {
+	u64 count;
+	char comm[EVENT_COMM_LEN];
+};
+BPF_HASH(summary_probes, u64, struct probe_summary, SUMMARY_PROBES);
+BPF_TABLE("lru_hash", u64, struct sock_summary, summary_socks, SUMMARY_SOCKS);
+BPF_TABLE("lru_hash", u32, struct task_summary, summary_tasks, SUMMARY_TASKS);
+#else
+BPF_PERCPU_ARRAY(scratch_space, struct scratch, MAX_NESTING);
 #ifdef USE_PERF_BUFFER
 BPF_PERF_OUTPUT(events);
 #else
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
 #endif
+#endif
+
+#if defined(RAW_TRACEPOINTS) || defined(KPROBES)
+/* Slot 0: the shared handler, loaded by user space for the entries' program type. */
+BPF_PROG_ARRAY(handlers, 1);
+#endif
 
 /* ---- Field access -------------------------------------------------------- */
 
-/* Read a scalar field described by "offset,size,shift,bits". */
-static inline __attribute__((always_inline))
-u64 read_scalar(const void *base, int offset, int size, int shift, int bits)
+/* Read a scalar field described by "offset,size,shift,bits" from kernel memory. */
+static __always_inline u64 read_scalar(const void *base, int offset, int size, int shift, int bits)
 {
 	u64 value = 0;
 
@@ -159,29 +228,64 @@ u64 read_scalar(const void *base, int offset, int size, int shift, int bits)
 	return value;
 }
 
-/* Copy a field of up to 127 bytes (an in6_addr, a unix path) to dst. */
-static inline __attribute__((always_inline))
-void read_bytes(void *dst, const void *base, int offset, int size, int shift, int bits)
+/* The same field from a copy of the struct's first span bytes; past the span,
+ * from the kernel. Every argument is a constant, so this folds to one load. */
+static __always_inline
+u64 span_scalar(const u8 *copy, int span, const void *base, int offset, int size, int shift, int bits)
 {
-	if (offset >= 0 && base)
-		bpf_probe_read_kernel(dst, size & 0x7f, (const char *)base + offset);
+	u64 value = 0;
+
+	if (offset < 0)
+		return 0;
+	if (offset + size > span || offset + size > SPAN_MAX)
+		return read_scalar(base, offset, size, shift, bits);
+	if (size == 1)
+		value = *(const u8 *)(copy + offset);
+	else if (size == 2)
+		value = *(const u16 *)(copy + offset);
+	else if (size == 4)
+		value = *(const u32 *)(copy + offset);
+	else
+		value = *(const u64 *)(copy + offset);
+	value >>= shift;
+	if (bits < 64)
+		value &= (1ULL << bits) - 1;
+	return value;
 }
 
 #define EXPAND(macro, ...) macro(__VA_ARGS__)
-#define FIELD(base, field) EXPAND(read_scalar, base, field)
-#define FIELD_BYTES(dst, base, field) EXPAND(read_bytes, dst, base, field)
+#define FIELD(base, ...) EXPAND(read_scalar, base, __VA_ARGS__)
+#define SPAN_FIELD(copy, span, base, ...) EXPAND(span_scalar, copy, span, base, __VA_ARGS__)
+#define FIELD_OFFSET_OF(offset, size, shift, bits) (offset)
+#define FIELD_OFFSET(...) EXPAND(FIELD_OFFSET_OF, __VA_ARGS__)
 
-static inline __attribute__((always_inline)) u16 swap16(u16 value)
+static __always_inline u16 swap16(u16 value)
 {
 	return (value >> 8) | (value << 8);
 }
 
-static inline __attribute__((always_inline)) void count(u32 index)
+static __always_inline struct cpu_state *this_cpu(void)
 {
-	u64 *counter = counters.lookup(&index);
+	u32 zero = 0;
 
-	if (counter)
-		*counter += 1;
+	return cpu_states.lookup(&zero);
+}
+
+/* Atomic: a probe in an interrupt may count on this CPU meanwhile. */
+#define COUNT(cpu, counter) __sync_fetch_and_add(&(cpu)->counters[counter], 1)
+
+static __always_inline bool tracing(void)
+{
+	u32 zero = 0;
+	u32 *state = control.lookup(&zero);
+
+	return state && *state == CONTROL_TRACING;
+}
+
+/* Mini socks (time-wait, request) have only sock_common: the kernel's sk_fullsock(). */
+static __always_inline bool full_sock(u8 state)
+{
+	return state != TCP_TIME_WAIT && state != TCP_NEW_SYN_RECV;
 }
 
 /* ---- Filters ------------------------------------------------------------- */
@@ -190,7 +294,7 @@ static inline __attribute__((always_inline)) void count(u32 index)
 /* Does either end of the socket have the filtered address? For an IPv4
  * filter, FILTER_ADDR6_* hold its IPv4-mapped form (::ffff:a.b.c.d), which
  * matches AF_INET6 sockets talking IPv4. */
-static inline __attribute__((always_inline)) bool addr_matches(const void *sk, u16 family)
+static __always_inline bool addr_matches(const void *sk, u16 family)
 {
 	u32 local[4] = {}, remote[4] = {};
 
@@ -201,8 +305,10 @@ static inline __attribute__((always_inline)) bool addr_matches(const void *sk, u
 		return false;
 #endif
 	}
-	FIELD_BYTES(local, sk, SK_V6_RCV_SADDR);
-	FIELD_BYTES(remote, sk, SK_V6_DADDR);
+	if (FIELD_OFFSET(SK_V6_RCV_SADDR) < 0 || FIELD_OFFSET(SK_V6_DADDR) < 0)
+		return false; /* a kernel without IPv6 */
+	bpf_probe_read_kernel(local, sizeof(local), (const char *)sk + FIELD_OFFSET(SK_V6_RCV_SADDR));
+	bpf_probe_read_kernel(remote, sizeof(remote), (const char *)sk + FIELD_OFFSET(SK_V6_DADDR));
 	return (local[0] == FILTER_ADDR6_0 && local[1] == FILTER_ADDR6_1 &&
 		local[2] == FILTER_ADDR6_2 && local[3] == FILTER_ADDR6_3) ||
 	       (remote[0] == FILTER_ADDR6_0 && remote[1] == FILTER_ADDR6_1 &&
@@ -210,29 +316,36 @@ static inline __attribute__((always_inline)) bool addr_matches(const void *sk, u
 }
 #endif
 
-/* All active filters, cheapest first. Unset filters compile to nothing. */
-static inline __attribute__((always_inline)) bool passes_filters(const void *sk)
+/* A mini sock is TCP's; its sk_protocol would be another object's bytes. */
+static __always_inline u16 sock_protocol(const void *sk)
 {
-	u16 family = FIELD(sk, SK_FAMILY);
+	return full_sock(FIELD(sk, SK_STATE)) ? FIELD(sk, SK_PROTOCOL) : IPPROTO_TCP;
+}
 
+/* All active filters, cheapest first, each reading only its own fields.
+ * Unset filters compile to nothing. */
+static __always_inline bool passes_filters(const void *sk)
+{
 #ifdef FILTER_PID
 	if ((bpf_get_current_pid_tgid() >> 32) != FILTER_PID)
 		return false;
 #endif
-#ifdef FILTER_INET
+#if defined(FILTER_INET) || defined(FILTER_ADDR6_0)
+	u16 family = FIELD(sk, SK_FAMILY);
+
 	if (family != AF_INET && family != AF_INET6)
-		return false;
-#endif
-#ifdef FILTER_PROTOCOL
-	if (FIELD(sk, SK_PROTOCOL) != FILTER_PROTOCOL)
-		return false;
-#endif
-#ifdef FILTER_MARK
-	if (FIELD(sk, SK_MARK) != FILTER_MARK)
 		return false;
 #endif
 #ifdef FILTER_PORT
 	if (FIELD(sk, SK_NUM) != FILTER_PORT && swap16(FIELD(sk, SK_DPORT)) != FILTER_PORT)
+		return false;
+#endif
+#ifdef FILTER_PROTOCOL
+	if (sock_protocol(sk) != FILTER_PROTOCOL)
+		return false;
+#endif
+#ifdef FILTER_MARK
+	if (!full_sock(FIELD(sk, SK_STATE)) || FIELD(sk, SK_MARK) != FILTER_MARK)
 		return false;
 #endif
 #ifdef FILTER_NETNS
@@ -248,45 +361,117 @@ static inline __attribute__((always_inline)) bool passes_filters(const void *sk)
 	return true;
 }
 
-/* ---- The handler --------------------------------------------------------- */
+static __always_inline u64 entry_ip(void *ctx);
 
-static inline __attribute__((always_inline)) void fill_addresses(struct event *event, const void *sk)
+/* Is this the function that frees socks, where tracking ends? */
+static __always_inline bool frees_sock(void *ctx, u32 probe_id)
+{
+#if defined(TRACK_FREE_PROBE_ID)
+	return probe_id == TRACK_FREE_PROBE_ID;
+#elif defined(TRACK_FREE_IP)
+	return entry_ip(ctx) - TRACK_FREE_IP < 16; /* the ip may point just past the breakpoint */
+#else
+	return false;
+#endif
+}
+
+/* Is this socket wanted: the filters, or tracked since an earlier event? */
+static __always_inline bool wanted(void *ctx, const void *sk, u32 probe_id)
+{
+#ifdef TRACK_SOCK
+	u64 key = (u64)sk;
+
+	if (!tracked.lookup(&key)) {
+		u8 yes = 1;
+
+		if (!passes_filters(sk))
+			return false;
+		tracked.update(&key, &yes);
+	}
+	if (frees_sock(ctx, probe_id))
+		tracked.delete(&key);
+	return true;
+#else
+	return passes_filters(sk);
+#endif
+}
+
+/* Turn the traced argument into a struct sock *. */
+static __always_inline const void *to_sock(u64 arg, u32 arg_kind)
+{
+	if (arg_kind == ARG_SOCKET)
+		return (const void *)FIELD((const void *)arg, SOCKET_SK);
+	if (arg_kind == ARG_SKB)
+		return (const void *)FIELD((const void *)arg, SKB_SK);
+	return (const void *)arg;
+}
+
+/* The first part of every entry: the wanted socket, or NULL with the run counted. */
+static __always_inline
+const void *admit(void *ctx, struct cpu_state *cpu, u64 arg, u32 arg_kind, u32 probe_id)
+{
+	const void *sk;
+
+	if (!tracing()) {
+		COUNT(cpu, COUNTER_NOT_TRACING);
+		return 0;
+	}
+	sk = to_sock(arg, arg_kind);
+	if (!sk) {
+		COUNT(cpu, COUNTER_NO_SOCK);
+		return 0;
+	}
+	if (!wanted(ctx, sk, probe_id)) {
+		COUNT(cpu, COUNTER_FILTERED);
+		return 0;
+	}
+	return sk;
+}
+
+/* ---- Events -------------------------------------------------------------- */
+
+#define SK(copy, sk, ...) SPAN_FIELD(copy, SK_SPAN, sk, __VA_ARGS__)
+
+static __always_inline void copy_addresses(struct event *event, const u8 *copy, const void *sk)
 {
 	if (event->family == AF_INET6) {
-		FIELD_BYTES(event->saddr, sk, SK_V6_RCV_SADDR);
-		FIELD_BYTES(event->daddr, sk, SK_V6_DADDR);
+		if (FIELD_OFFSET(SK_V6_RCV_SADDR) >= 0 && FIELD_OFFSET(SK_V6_RCV_SADDR) + 16 <= SK_COMMON_SPAN)
+			__builtin_memcpy(event->saddr, copy + FIELD_OFFSET(SK_V6_RCV_SADDR), 16);
+		if (FIELD_OFFSET(SK_V6_DADDR) >= 0 && FIELD_OFFSET(SK_V6_DADDR) + 16 <= SK_COMMON_SPAN)
+			__builtin_memcpy(event->daddr, copy + FIELD_OFFSET(SK_V6_DADDR), 16);
 	} else if (event->family == AF_INET) {
-		*(u32 *)event->saddr = FIELD(sk, SK_RCV_SADDR);
-		*(u32 *)event->daddr = FIELD(sk, SK_DADDR);
+		*(u32 *)event->saddr = SK(copy, sk, SK_RCV_SADDR);
+		*(u32 *)event->daddr = SK(copy, sk, SK_DADDR);
 	}
 }
 
-static inline __attribute__((always_inline)) void fill_socket(struct event *event, const void *sk)
+/* The struct socket's fields and inode, in one copy. */
+static __always_inline void fill_socket(struct event *event, u8 *copy, const void *socket)
 {
-	const void *socket = (const void *)FIELD(sk, SK_SOCKET);
-
 	if (!socket)
 		return;
-	event->flags |= EVENT_HAS_SOCKET;
-	event->socket_ino = FIELD(socket, SOCKET_INODE_INO);
+	event->sock_flags |= SOCK_HAS_SOCKET;
+	bpf_probe_read_kernel(copy, SOCKET_SPAN, socket);
+	event->socket_ino = SPAN_FIELD(copy, SOCKET_SPAN, socket, SOCKET_INODE_INO);
 #ifdef OUTPUT_SOCKET_INFO
-	event->socket_state = FIELD(socket, SOCKET_STATE);
-	event->socket_type = FIELD(socket, SOCKET_TYPE);
-	event->socket_flags = FIELD(socket, SOCKET_FLAGS);
+	event->socket_state = SPAN_FIELD(copy, SOCKET_SPAN, socket, SOCKET_STATE);
+	event->socket_type = SPAN_FIELD(copy, SOCKET_SPAN, socket, SOCKET_TYPE);
+	event->socket_flags = SPAN_FIELD(copy, SOCKET_SPAN, socket, SOCKET_FLAGS);
 #endif
 }
 
 /* The family's own fields: unix path and peer, netlink ports, packet interface. */
-static inline __attribute__((always_inline)) void fill_detail(struct event *event, const void *sk)
+static __always_inline void fill_detail(struct event *event, const void *sk)
 {
 	if (event->family == AF_UNIX) {
 		const void *addr = (const void *)FIELD(sk, UNIX_ADDR);
 		s32 len = FIELD(addr, UNIX_ADDRESS_LEN) - 2; /* minus sun_family */
 
 		event->detail.unix_sk.peer = FIELD(sk, UNIX_PEER);
-		if (addr && len > 0) {
-			event->detail.unix_sk.path_len = len > UNIX_PATH_MAX ? UNIX_PATH_MAX : len;
-			FIELD_BYTES(event->detail.unix_sk.path, addr, UNIX_ADDRESS_PATH);
+		if (addr && len > 0 && FIELD_OFFSET(UNIX_ADDRESS_PATH) >= 0) {
+			event->detail.unix_sk.path_len = len > EVENT_UNIX_PATH_MAX ? EVENT_UNIX_PATH_MAX : len;
+			bpf_probe_read_kernel(event->detail.unix_sk.path, EVENT_UNIX_PATH_MAX,
+					      (const char *)addr + FIELD_OFFSET(UNIX_ADDRESS_PATH));
 		}
 	} else if (event->family == AF_NETLINK) {
 		const void *groups = (const void *)FIELD(sk, NETLINK_GROUPS);
@@ -300,275 +485,412 @@ static inline __attribute__((always_inline)) void fill_detail(struct event *even
 	}
 }
 
-/* Turn the traced argument into a struct sock *. */
-static inline __attribute__((always_inline)) const void *to_sock(u64 arg, int arg_kind)
+#ifndef OUTPUT_SUMMARY
+/* Everything the event shows about sk: one copy of the sock (two reads for a
+ * full sock), one of its struct socket, then plain loads from the copies. */
+static __always_inline void fill_event(struct event *event, struct scratch *scratch, const void *sk)
 {
-	if (arg_kind == ARG_SOCKET)
-		return (const void *)FIELD((const void *)arg, SOCKET_SK);
-	if (arg_kind == ARG_SKB)
-		return (const void *)FIELD((const void *)arg, SKB_SK);
-	return (const void *)arg;
-}
-
-/* Build the event for sk in this nesting level's slot and send it. */
-static inline __attribute__((always_inline))
-void emit_event(void *ctx, u32 level, const void *sk, u32 probe_id, u64 func_ip, s64 retval, u64 duration_ns,
-		u8 flags)
-{
-	struct record *record = scratch.lookup(&level);
-	if (!record)
-		return;
-	struct event *event = &record->event;
+	u8 *copy = scratch->sock;
 	u64 pid_tgid = bpf_get_current_pid_tgid();
-	const void *net = (const void *)FIELD(sk, SK_NET);
 
 	__builtin_memset(event, 0, sizeof(*event));
 	event->ts_ns = bpf_ktime_get_ns();
 	event->sk = (u64)sk;
+	event->tgid = pid_tgid >> 32;
+	event->pid = (u32)pid_tgid;
+	event->cpu = bpf_get_smp_processor_id();
+	bpf_get_current_comm(event->comm, sizeof(event->comm));
+
+	bpf_probe_read_kernel(copy, SK_COMMON_SPAN, sk);
+	event->state = SK(copy, sk, SK_STATE);
+	if (full_sock(event->state)) {
+		if (SK_SPAN > SK_COMMON_SPAN)
+			bpf_probe_read_kernel(copy + SK_COMMON_SPAN, SK_SPAN - SK_COMMON_SPAN,
+					      (const char *)sk + SK_COMMON_SPAN);
+	} else if (SK_SPAN > SK_COMMON_SPAN) {
+		__builtin_memset(copy + SK_COMMON_SPAN, 0, SK_SPAN - SK_COMMON_SPAN);
+	}
+	event->family = SK(copy, sk, SK_FAMILY);
+	event->protocol = full_sock(event->state) ? SK(copy, sk, SK_PROTOCOL) : IPPROTO_TCP;
+	event->type = SK(copy, sk, SK_TYPE);
+	event->sport = SK(copy, sk, SK_NUM);
+	event->dport = swap16(SK(copy, sk, SK_DPORT));
+	event->mark = SK(copy, sk, SK_MARK);
+	event->reuseport = SK(copy, sk, SK_REUSEPORT);
+	event->bound_dev_if = SK(copy, sk, SK_BOUND_DEV_IF);
+	event->netns = FIELD((const void *)SK(copy, sk, SK_NET), NET_NS_INUM);
+	copy_addresses(event, copy, sk);
+#ifdef OUTPUT_SOCK_INFO
+	event->rx_dst_ifindex = SK(copy, sk, SK_RX_DST_IFINDEX);
+	event->backlog_len = SK(copy, sk, SK_BACKLOG_LEN);
+	event->rcvbuf = SK(copy, sk, SK_RCVBUF);
+	event->sndbuf = SK(copy, sk, SK_SNDBUF);
+	event->priority = SK(copy, sk, SK_PRIORITY);
+#endif
+	if (full_sock(event->state))
+		fill_socket(event, scratch->socket, (const void *)SK(copy, sk, SK_SOCKET));
+	fill_detail(event, sk);
+}
+
+#ifdef OUTPUT_STACK
+#define RECORD_SIZE (sizeof(struct event) + MAX_STACK_DEPTH * sizeof(u64))
+#else
+#define RECORD_SIZE sizeof(struct event)
+#endif
+
+/* Build the event for sk, in the ring buffer's own memory (or in this nesting
+ * level's slot for the perf buffer), and send it. */
+static __always_inline
+void emit_event(void *ctx, struct cpu_state *cpu, u32 level, const void *sk, u32 probe_id, u64 func_ip,
+		s64 retval, u64 duration_ns, u32 flags, bool at_return)
+{
+	struct scratch *scratch = scratch_space.lookup(&level);
+	struct event *event;
+
+	if (!scratch)
+		return;
+#ifdef USE_PERF_BUFFER
+	event = &scratch->event;
+#else
+	event = events.ringbuf_reserve(RECORD_SIZE);
+	if (!event) {
+		COUNT(cpu, at_return ? COUNTER_RETURN_BUFFER_FULL : COUNTER_BUFFER_FULL);
+		return;
+	}
+#endif
+	fill_event(event, scratch, sk);
+	event->probe_id = probe_id;
 	event->func_ip = func_ip;
 	event->retval = retval;
 	event->duration_ns = duration_ns;
 	event->flags = flags;
-	event->probe_id = probe_id;
-	event->tgid = pid_tgid >> 32;
-	event->pid = (u32)pid_tgid;
-	event->cpu = bpf_get_smp_processor_id();
-	event->netns = FIELD(net, NET_NS_INUM);
-	event->mark = FIELD(sk, SK_MARK);
-	event->family = FIELD(sk, SK_FAMILY);
-	event->protocol = FIELD(sk, SK_PROTOCOL);
-	event->type = FIELD(sk, SK_TYPE);
-	event->state = FIELD(sk, SK_STATE);
-	event->sport = FIELD(sk, SK_NUM);
-	event->dport = swap16(FIELD(sk, SK_DPORT));
-	fill_addresses(event, sk);
-	fill_socket(event, sk);
-	fill_detail(event, sk);
-	bpf_get_current_comm(event->comm, sizeof(event->comm));
-	event->reuseport = FIELD(sk, SK_REUSEPORT);
-	event->bound_dev_if = FIELD(sk, SK_BOUND_DEV_IF);
-#ifdef OUTPUT_SOCK_INFO
-	event->rx_dst_ifindex = FIELD(sk, SK_RX_DST_IFINDEX);
-	event->backlog_len = FIELD(sk, SK_BACKLOG_LEN);
-	event->rcvbuf = FIELD(sk, SK_RCVBUF);
-	event->sndbuf = FIELD(sk, SK_SNDBUF);
-	event->priority = FIELD(sk, SK_PRIORITY);
-#endif
 #ifdef OUTPUT_STACK
-	event->stack_bytes = bpf_get_stack(ctx, record->stack, sizeof(record->stack), 0);
+	event->stack_bytes = bpf_get_stack(ctx, (u8 *)event + sizeof(struct event), MAX_STACK_DEPTH * sizeof(u64), 0);
 	if (event->stack_bytes < 0)
-		count(COUNTER_STACK_ERRORS);
+		COUNT(cpu, COUNTER_STACK_ERRORS);
 #endif
-
 #ifdef USE_PERF_BUFFER
-	if (events.perf_submit(ctx, record, sizeof(*record)) != 0)
-		count(COUNTER_DROPPED);
-#else
-	if (events.ringbuf_output(record, sizeof(*record), 0) != 0)
-		count(COUNTER_DROPPED);
-#endif
-}
-
-/* Is this socket wanted: the filters, or tracked from an earlier event? */
-static inline __attribute__((always_inline)) bool wanted(const void *sk, u64 func_ip)
-{
-#ifdef TRACK_SOCK
-	u64 key = (u64)sk;
-
-	if (!tracked.lookup(&key)) {
-		u8 yes = 1;
-
-		if (!passes_filters(sk))
-			return false;
-		tracked.update(&key, &yes);
+	/* scratch->stack follows scratch->event: one record. */
+	if (events.perf_submit(ctx, event, RECORD_SIZE) != 0) {
+		COUNT(cpu, at_return ? COUNTER_RETURN_BUFFER_FULL : COUNTER_BUFFER_FULL);
+		return;
 	}
-#ifdef TRACK_FREE_IP
-	if (func_ip == TRACK_FREE_IP)
-		tracked.delete(&key);
-#endif
-	return true;
+	COUNT(cpu, at_return ? COUNTER_RETURN_EMITTED : COUNTER_EMITTED);
 #else
-	return passes_filters(sk);
+	COUNT(cpu, at_return ? COUNTER_RETURN_EMITTED : COUNTER_EMITTED);
+	/* Wake the reader now and then, not per event: a busy producer would pay for each. */
+	u64 sent = cpu->counters[COUNTER_EMITTED] + cpu->counters[COUNTER_RETURN_EMITTED];
+
+	events.ringbuf_submit(event, sent % WAKEUP_EVERY ? BPF_RB_NO_WAKEUP_FLAG : BPF_RB_FORCE_WAKEUP_FLAG);
 #endif
 }
+#endif /* !OUTPUT_SUMMARY */
 
-/* A probe fired at a function's entry (or a tracepoint): emit the event,
- * or with OUTPUT_RETURN remember the call until the function returns. */
-static inline __attribute__((always_inline))
-int handle_probe(void *ctx, u32 level, u32 probe_id, u64 func_ip, u64 arg, int arg_kind)
+#ifdef OUTPUT_SUMMARY
+static __always_inline u32 log2_bucket(u64 value)
 {
-	const void *sk = to_sock(arg, arg_kind);
+	u32 bucket = 0;
 
-	if (!sk || !wanted(sk, func_ip))
-		return 0;
-#ifdef OUTPUT_RETURN
-	struct call_key key = {.pid_tgid = bpf_get_current_pid_tgid(), .func_ip = func_ip};
+#pragma unroll
+	for (int bit = 32; bit > 0; bit /= 2) {
+		if (value >> bit) {
+			value >>= bit;
+			bucket += bit;
+		}
+	}
+	return bucket < LATENCY_BUCKETS ? bucket : LATENCY_BUCKETS - 1;
+}
+
+/* --summary: count the event in the maps instead of sending it. */
+static __always_inline void summarize(struct cpu_state *cpu, const void *sk, u32 probe_id, u64 func_ip,
+				      u64 duration_ns, bool at_return)
+{
+	u64 probe_key = probe_id == NO_PROBE_ID ? func_ip : probe_id;
+	struct probe_summary zero_probe = {};
+	struct probe_summary *probe = summary_probes.lookup_or_try_init(&probe_key, &zero_probe);
+
+	if (probe) {
+		__sync_fetch_and_add(&probe->count, 1);
+		if (at_return) {
+			u32 bucket = log2_bucket(duration_ns);
+
+			__sync_fetch_and_add(&probe->total_ns, duration_ns);
+			if (duration_ns > probe->max_ns)
+				probe->max_ns = duration_ns;
+			__sync_fetch_and_add(&probe->latency[bucket & (LATENCY_BUCKETS - 1)], 1);
+		}
+	}
+
+	u64 sock_key = (u64)sk;
+	struct sock_summary zero_sock = {};
+	struct sock_summary *sock = summary_socks.lookup_or_try_init(&sock_key, &zero_sock);
+
+	if (sock) {
+		__sync_fetch_and_add(&sock->count, 1);
+		/* The latest tuple: a socket gets its ports and addresses as it goes. */
+		sock->family = FIELD(sk, SK_FAMILY);
+		sock->protocol = sock_protocol(sk);
+		sock->sport = FIELD(sk, SK_NUM);
+		sock->dport = swap16(FIELD(sk, SK_DPORT));
+		sock->netns = FIELD((const void *)FIELD(sk, SK_NET), NET_NS_INUM);
+		if (sock->family == AF_INET6) {
+			bpf_probe_read_kernel(sock->saddr, 16, (const char *)sk + FIELD_OFFSET(SK_V6_RCV_SADDR));
+			bpf_probe_read_kernel(sock->daddr, 16, (const char *)sk + FIELD_OFFSET(SK_V6_DADDR));
+		} else {
+			*(u32 *)sock->saddr = FIELD(sk, SK_RCV_SADDR);
+			*(u32 *)sock->daddr = FIELD(sk, SK_DADDR);
+		}
+	}
+
+	u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	struct task_summary zero_task = {};
+	struct task_summary *task = summary_tasks.lookup_or_try_init(&tgid, &zero_task);
+
+	if (task) {
+		__sync_fetch_and_add(&task->count, 1);
+		bpf_get_current_comm(task->comm, sizeof(task->comm));
+	}
+	COUNT(cpu, at_return ? COUNTER_RETURN_EMITTED : COUNTER_EMITTED);
+}
+#endif
+
+/* A wanted socket at a function's entry (or a tracepoint), in nesting level
+ * `level`: emit the event, count it in the summary, or remember the call. */
+static __always_inline
+void handle(void *ctx, struct cpu_state *cpu, u32 level, const void *sk, u32 probe_id, u64 func_ip)
+{
+#if defined(OUTPUT_RETURN)
+	struct call_key key = {.pid_tgid = bpf_get_current_pid_tgid(), .probe_id = probe_id};
 	struct call call = {.sk = (u64)sk, .ts_ns = bpf_ktime_get_ns()};
 
 	if (calls.update(&key, &call) != 0)
-		count(COUNTER_CALLS_LOST);
+		COUNT(cpu, COUNTER_CALLS_FULL);
+	else
+		COUNT(cpu, COUNTER_EMITTED);
+#elif defined(OUTPUT_SUMMARY)
+	summarize(cpu, sk, probe_id, func_ip, 0, false);
 #else
-	emit_event(ctx, level, sk, probe_id, func_ip, 0, 0, 0);
+	emit_event(ctx, cpu, level, sk, probe_id, func_ip, 0, 0, 0, false);
 #endif
-	return 0;
 }
 
 /* ---- Entry points -------------------------------------------------------- */
 
-/*
- * Raw tracepoints and classic kprobes have many entry points: each stores
- * what it knows in its nesting level's `pending` slot and tail-calls the one
- * shared handler, so the handler is compiled once rather than per entry.
- */
-/* Take this CPU's next nesting level for the duration of one program run. */
-static inline __attribute__((always_inline)) u32 *enter_level(u32 *slot)
+/* Take this CPU's next nesting level; false (the run counted) when all are in use. */
+static __always_inline bool enter_level(struct cpu_state *cpu, u32 *level, u32 nested_counter)
 {
-	u32 zero = 0;
-	u32 *level = nesting.lookup(&zero);
-
-	if (!level || *level >= MAX_NESTING) {
-		count(COUNTER_DROPPED);
-		return 0;
+	*level = cpu->nesting;
+	if (*level >= MAX_NESTING) {
+		COUNT(cpu, nested_counter);
+		return false;
 	}
-	*slot = *level;
-	*level = *slot + 1;
-	return level;
-}
-
-static inline __attribute__((always_inline))
-int enter(void *ctx, u32 probe_id, u64 func_ip, u64 arg, u32 arg_kind)
-{
-	u32 slot;
-	u32 *level = enter_level(&slot);
-
-	if (!level)
-		return 0;
-	struct pending *entry = pending.lookup(&slot);
-	if (entry) {
-		entry->arg = arg;
-		entry->func_ip = func_ip;
-		entry->probe_id = probe_id;
-		entry->arg_kind = arg_kind;
-		/* The handler gives the level back; it returns here only if the tail call failed. */
-		handlers.call(ctx, 0);
-	}
-	*level = slot;
-	count(COUNTER_DROPPED);
-	return 0;
+	cpu->nesting = *level + 1;
+	return true;
 }
 
 #if defined(RAW_TRACEPOINTS) || defined(KPROBES)
-/* The tail-call target: handles the newest pending entry of this CPU. */
-int shared_handler(void *ctx)
+/*
+ * Raw tracepoints and classic kprobes have many entry points: each filters
+ * inline, then hands a wanted socket to the one shared handler with a tail
+ * call, so the event-building code is compiled once whatever the number of
+ * entries.
+ */
+static __always_inline int enter(void *ctx, u32 probe_id, bool is_kprobe, u64 arg, u32 arg_kind)
 {
-	u32 zero = 0;
-	u32 *level = nesting.lookup(&zero);
+	struct cpu_state *cpu = this_cpu();
+	const void *sk;
+	u32 level;
 
-	if (!level || *level == 0)
+	if (!cpu)
 		return 0;
-	u32 slot = *level - 1;
-	struct pending *entry = pending.lookup(&slot);
-	if (entry)
-		handle_probe(ctx, slot, entry->probe_id, entry->func_ip, entry->arg, entry->arg_kind);
-	*level = slot;
+	sk = admit(ctx, cpu, arg, arg_kind, probe_id);
+	if (!sk || !enter_level(cpu, &level, COUNTER_NESTED))
+		return 0;
+	cpu->pending[level & (MAX_NESTING - 1)].sk = (u64)sk;
+	cpu->pending[level & (MAX_NESTING - 1)].func_ip = is_kprobe ? entry_ip(ctx) : 0;
+	cpu->pending[level & (MAX_NESTING - 1)].probe_id = probe_id;
+	/* The handler gives the level back; it returns here only if the tail call failed. */
+	handlers.call(ctx, 0);
+	cpu->nesting = level;
+	COUNT(cpu, COUNTER_TAIL_CALL);
+	return 0;
+}
+
+/* The tail-call target: handles the newest pending socket of this CPU. */
+int SHARED_HANDLER_NAME(void *ctx)
+{
+	struct cpu_state *cpu = this_cpu();
+	u32 level;
+
+	if (!cpu || cpu->nesting == 0)
+		return 0;
+	level = (cpu->nesting - 1) & (MAX_NESTING - 1);
+	handle(ctx, cpu, level, (const void *)cpu->pending[level].sk, cpu->pending[level].probe_id,
+	       cpu->pending[level].func_ip);
+	cpu->nesting = level;
 	return 0;
 }
 #endif
 
-/* One function per raw tracepoint: the program is the only way to know
- * which tracepoint fired. */
-#define RAWTP(probe_id, arg_index, arg_kind)                                    \
-	int rawtp_##probe_id(struct bpf_raw_tracepoint_args *ctx)               \
-	{                                                                       \
-		return enter(ctx, probe_id, 0, ctx->args[arg_index], arg_kind); \
+#ifdef EMPTY_ENTRIES
+#define ENTER(ctx, probe_id, is_kprobe, arg, arg_kind) 0
+#else
+#define ENTER(ctx, probe_id, is_kprobe, arg, arg_kind) enter(ctx, probe_id, is_kprobe, arg, arg_kind)
+#endif
+
+/* One function per raw tracepoint: the program is the only way to know which fired. */
+#define RAWTP(name, probe_id, arg_index, arg_kind)                                    \
+	int name(struct bpf_raw_tracepoint_args *ctx)                                 \
+	{                                                                             \
+		return ENTER(ctx, probe_id, false, ctx->args[arg_index], arg_kind);   \
 	}
 #ifdef RAW_TRACEPOINTS
 RAW_TRACEPOINTS
 #endif
 
-static inline __attribute__((always_inline)) u64 reg_arg(void *ctx, int arg_index)
-{
-	int offset = arg_index == 0 ? REG_ARG0 : arg_index == 1 ? REG_ARG1 :
-		     arg_index == 2 ? REG_ARG2 : arg_index == 3 ? REG_ARG3 : REG_ARG4;
-	u64 value = 0;
+/* A register of struct pt_regs, read directly from the context. */
+#define REG(ctx, offset) (*(const u64 *)((const char *)(ctx) + (offset)))
 
-	if (offset >= 0)
-		bpf_probe_read_kernel(&value, sizeof(value), (const char *)ctx + offset);
-	return value;
-}
-
-static inline __attribute__((always_inline)) u64 entry_ip(void *ctx)
+/* The traced function's address (classic kprobes), or where the breakpoint left the ip. */
+static __always_inline u64 entry_ip(void *ctx)
 {
-#ifdef HAVE_GET_FUNC_IP
-	return bpf_get_func_ip(ctx);
+#if defined(HAVE_GET_FUNC_IP)
+	return st_get_func_ip(ctx);
+#elif defined(REG_IP)
+	return REG(ctx, REG_IP);
 #else
-	u64 ip = 0;
-
-	bpf_probe_read_kernel(&ip, sizeof(ip), (const char *)ctx + REG_IP);
-	return ip;
+	return 0;
 #endif
 }
 
 /* Classic kprobes: one function per argument position and kind, attached to
  * many functions; user space names the function from its address. */
-#define KPROBE(arg_index, arg_kind)                                             \
-	int kprobe_arg##arg_index##_kind##arg_kind(void *ctx)                   \
-	{                                                                       \
-		return enter(ctx, (u32)-1, entry_ip(ctx), reg_arg(ctx, arg_index), arg_kind); \
+#define KPROBE(name, arg_index, arg_kind)                                                     \
+	int name(void *ctx)                                                                   \
+	{                                                                                     \
+		return ENTER(ctx, NO_PROBE_ID, true, REG(ctx, REG_ARG##arg_index), arg_kind);          \
 	}
 #ifdef KPROBES
 KPROBES
 #endif
 
 #ifdef KPROBE_MULTI
-/* kprobe-multi: one function for every traced function; the cookie says
- * which function it is and where its socket argument is. It runs the
- * handler itself (a kprobe-multi program may not tail-call a kprobe one). */
-int kprobe_multi_entry(void *ctx)
-{
-	u64 cookie = bpf_get_attach_cookie(ctx);
-	u32 slot;
-	u32 *level = enter_level(&slot);
+#define COOKIE(cookie, part) (((cookie) >> COOKIE_##part##_SHIFT) & COOKIE_##part##_MASK)
 
-	if (!level)
-		return 0;
-	handle_probe(ctx, slot, cookie >> COOKIE_PROBE_SHIFT, bpf_get_func_ip(ctx),
-		     reg_arg(ctx, cookie & 0xf), (cookie >> 4) & 0xf);
-	*level = slot;
+/* The cookie's argument register; the verifier wants a constant context offset for each. */
+static __always_inline u64 cookie_arg(void *ctx, u64 cookie)
+{
+	switch (COOKIE(cookie, ARG_INDEX)) {
+	case 0:
+		return REG(ctx, REG_ARG0);
+	case 1:
+		return REG(ctx, REG_ARG1);
+	case 2:
+		return REG(ctx, REG_ARG2);
+	case 3:
+		return REG(ctx, REG_ARG3);
+	default:
+		return REG(ctx, REG_ARG4);
+	}
+}
+
+/* kprobe-multi: one function for every traced function; the cookie says which
+ * function it is and where its socket argument is. It runs the handler itself
+ * (a kprobe-multi program may not tail-call a kprobe one). */
+int KPROBE_MULTI_ENTRY_NAME(void *ctx)
+{
+#ifdef EMPTY_ENTRIES
 	return 0;
+#else
+	struct cpu_state *cpu = this_cpu();
+	u64 cookie = st_get_attach_cookie(ctx);
+	u32 probe_id = COOKIE(cookie, PROBE_ID);
+	const void *sk;
+	u32 level;
+
+	if (!cpu)
+		return 0;
+	sk = admit(ctx, cpu, cookie_arg(ctx, cookie), COOKIE(cookie, ARG_KIND), probe_id);
+	if (!sk)
+		return 0;
+#ifdef OUTPUT_RETURN
+	handle(ctx, cpu, 0, sk, probe_id, 0); /* remembers the call: no nesting level needed */
+#else
+	if (!enter_level(cpu, &level, COUNTER_NESTED))
+		return 0;
+	handle(ctx, cpu, level, sk, probe_id, 0);
+	cpu->nesting = level;
+#endif
+	return 0;
+#endif
 }
 
 #ifdef OUTPUT_RETURN
-/* The same functions' returns: the call remembered at entry, now complete. */
-int kprobe_multi_return(void *ctx)
+/* The return register as its BTF type says: extended from its size, bool as 0 or 1. */
+static __always_inline s64 return_value(void *ctx, u64 cookie)
 {
-	struct call_key key = {.pid_tgid = bpf_get_current_pid_tgid(), .func_ip = bpf_get_func_ip(ctx)};
-	struct call *call = calls.lookup(&key);
-	u64 now = bpf_ktime_get_ns();
-	s64 retval = 0;
-	u32 slot;
+	u64 raw = REG(ctx, REG_RET);
+	u32 kind = COOKIE(cookie, RET_KIND);
+	u32 bits = COOKIE(cookie, RET_SIZE) * 8;
 
-	if (!call)
+	if (kind == RET_VOID)
 		return 0;
-	struct call done = *call;
+	if (kind == RET_POINTER || bits >= 64 || bits == 0)
+		return raw;
+	if (kind == RET_SIGNED)
+		return (s64)(raw << (64 - bits)) >> (64 - bits);
+	raw &= (1ULL << bits) - 1;
+	return kind == RET_BOOL ? raw != 0 : raw;
+}
 
+/* A negative errno from an integer, or an ERR_PTR. */
+static __always_inline bool is_error(s64 value, u64 cookie)
+{
+	u32 kind = COOKIE(cookie, RET_KIND);
+
+	return (kind == RET_SIGNED || kind == RET_POINTER) && value < 0 && value >= -MAX_ERRNO;
+}
+
+/* The same functions' returns: the call remembered at entry, now complete. */
+int KPROBE_MULTI_RETURN_NAME(void *ctx)
+{
+	struct cpu_state *cpu = this_cpu();
+	u64 cookie = st_get_attach_cookie(ctx);
+	struct call_key key = {.pid_tgid = bpf_get_current_pid_tgid(), .probe_id = COOKIE(cookie, PROBE_ID)};
+	struct call *call;
+	struct call done;
+	s64 retval;
+	u32 level;
+
+	if (!cpu)
+		return 0;
+	call = calls.lookup(&key);
+	if (!call) {
+		COUNT(cpu, COUNTER_RETURN_UNMATCHED);
+		return 0;
+	}
+	done = *call;
 	calls.delete(&key);
-	u64 cookie = bpf_get_attach_cookie(ctx);
-
-	bpf_probe_read_kernel(&retval, sizeof(retval), (const char *)ctx + REG_RET);
-	if (cookie & COOKIE_RETURNS_INT32)
-		retval = (s32)retval; /* the upper half of the register is not part of an int */
+	retval = return_value(ctx, cookie);
+	if (!tracing()) {
+		COUNT(cpu, COUNTER_RETURN_NOT_TRACING);
+		return 0;
+	}
 #ifdef FILTER_ERRORS
-	if (retval >= 0 || retval < -MAX_ERRNO)
+	if (!is_error(retval, cookie)) {
+		COUNT(cpu, COUNTER_RETURN_NOT_ERROR);
 		return 0;
+	}
 #endif
-	u32 *level = enter_level(&slot);
-
-	if (!level)
+#ifdef OUTPUT_SUMMARY
+	summarize(cpu, (const void *)done.sk, key.probe_id, 0, bpf_ktime_get_ns() - done.ts_ns, true);
+#else
+	if (!enter_level(cpu, &level, COUNTER_RETURN_NESTED))
 		return 0;
-	emit_event(ctx, slot, (const void *)done.sk, cookie >> COOKIE_PROBE_SHIFT, key.func_ip,
-		   retval, now - done.ts_ns, EVENT_RETURN);
-	*level = slot;
+	emit_event(ctx, cpu, level, (const void *)done.sk, key.probe_id, 0, retval,
+		   bpf_ktime_get_ns() - done.ts_ns, EVENT_RETURN, true);
+	cpu->nesting = level;
+#endif
 	return 0;
 }
 #endif

@@ -9,14 +9,19 @@ from __future__ import annotations
 import ctypes
 import os
 import platform
+import struct
+from dataclasses import dataclass
 
 __all__ = [
     "BPF_MAP_TYPE_RINGBUF",
     "BPF_PROG_TYPE_KPROBE",
+    "BPF_PROG_TYPE_RAW_TRACEPOINT",
     "BPF_TRACE_KPROBE_MULTI",
+    "ProgStats",
     "bpf_link_create_kprobe_multi",
     "bpf_map_create",
     "bpf_prog_load",
+    "prog_stats",
 ]
 
 # Syscall numbers of bpf(2) per machine.
@@ -24,8 +29,10 @@ _SYS_BPF = {"x86_64": 321, "aarch64": 280}
 
 BPF_MAP_CREATE = 0
 BPF_PROG_LOAD = 5
+BPF_OBJ_GET_INFO_BY_FD = 15
 BPF_LINK_CREATE = 28
 BPF_PROG_TYPE_KPROBE = 2
+BPF_PROG_TYPE_RAW_TRACEPOINT = 17
 BPF_MAP_TYPE_RINGBUF = 27
 BPF_TRACE_KPROBE_MULTI = 42
 BPF_F_KPROBE_MULTI_RETURN = 1
@@ -74,6 +81,28 @@ class _bpf_attr_link_create_kprobe_multi(ctypes.Structure):
     ]
 
 
+class _bpf_attr_info(ctypes.Structure):
+    _fields_ = [("bpf_fd", ctypes.c_uint32), ("info_len", ctypes.c_uint32), ("info", ctypes.c_uint64)]
+
+
+# struct bpf_prog_info: offsets of the fields read (a unit test checks them against kernel BTF).
+PROG_INFO_SIZE = 256  # more than any kernel's struct: the kernel fills what it has, the rest stays 0
+PROG_INFO_ID = 4
+PROG_INFO_RUN_TIME_NS = 192  # 5.1+, counted while kernel.bpf_stats_enabled=1
+PROG_INFO_RUN_CNT = 200
+PROG_INFO_RECURSION_MISSES = 208  # 5.12+: runs the kernel skipped because a BPF program was already running
+
+
+@dataclass(frozen=True)
+class ProgStats:
+    """What the kernel counts for one loaded program (as ``bpftool prog show`` prints it)."""
+
+    prog_id: int
+    run_cnt: int
+    run_time_ns: int
+    recursion_misses: int
+
+
 def _bpf(command: int, attr: ctypes.Structure) -> int:
     """Call bpf(2); the attr union is zero-padded to a size every kernel accepts."""
     number = _SYS_BPF.get(platform.machine())
@@ -120,3 +149,13 @@ def bpf_link_create_kprobe_multi(prog_fd: int, symbols: list[str], cookies: list
         cookies=ctypes.addressof(cookie_array),
     )
     return _bpf(BPF_LINK_CREATE, attr)
+
+
+def prog_stats(prog_fd: int) -> ProgStats:
+    """The run count, run time and recursion misses of a loaded program."""
+    info = ctypes.create_string_buffer(PROG_INFO_SIZE)
+    _bpf(BPF_OBJ_GET_INFO_BY_FD, _bpf_attr_info(prog_fd, PROG_INFO_SIZE, ctypes.addressof(info)))
+    raw = info.raw
+    (prog_id,) = struct.unpack_from("=I", raw, PROG_INFO_ID)
+    run_time_ns, run_cnt, misses = struct.unpack_from("=QQQ", raw, PROG_INFO_RUN_TIME_NS)
+    return ProgStats(prog_id, run_cnt, run_time_ns, misses)

@@ -13,10 +13,13 @@ Layout reference: the kernel's Documentation/bpf/btf.rst.
 
 from __future__ import annotations
 
+import re
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+from .contract import ReturnKind
 
 __all__ = [
     "Btf",
@@ -64,6 +67,11 @@ _TRAILER_SIZE = {
 }
 
 _U32 = struct.Struct("<I")
+# BTF_INT_ENCODING bits of an INT type.
+_INT_SIGNED = 1
+_INT_BOOL = 4
+# One step of a member path: a name, optionally indexed (``regs[3]``).
+_PATH_STEP = re.compile(r"^(\w+)(?:\[(\d+)\])?$")
 _HEADER = struct.Struct("<III")
 
 # Qualifiers and typedefs that a type resolution looks through.
@@ -267,13 +275,29 @@ class Btf:
                 funcs.append(FuncProto(self.string(name_off), params, self.header(proto)[3]))
         return funcs
 
-    def is_int32(self, type_id: int) -> bool:
-        """A 32-bit integer (int, u32, an enum): the upper half of a 64-bit return register is not part of it."""
+    def return_kind(self, type_id: int) -> tuple[ReturnKind, int]:
+        """How a function returning this type fills the return register, and how many of its bytes count.
+
+        ``int`` is SIGNED of 4 bytes (the register's upper half is not part of it),
+        ``bool`` BOOL, a pointer POINTER; void and what is not a scalar VOID.
+        """
         type_id = self.resolve(type_id)
         if not type_id:
-            return False
-        _, kind, _, size, _ = self.header(type_id)
-        return kind in (KIND_INT, KIND_ENUM) and size == 4
+            return ReturnKind.VOID, 0
+        _, kind, _, size, kind_flag = self.header(type_id)
+        if kind == KIND_PTR:
+            return ReturnKind.POINTER, 8
+        if kind in (KIND_ENUM, KIND_ENUM64):
+            # kind_flag marks a signed enum (5.18+); older BTF leaves it 0, and enums rarely go negative.
+            return (ReturnKind.SIGNED if kind_flag else ReturnKind.UNSIGNED), size
+        if kind == KIND_INT:
+            owner, pos = self._record(type_id)
+            (encoding,) = _U32.unpack_from(owner._data, pos + 12)
+            flags = encoding >> 24
+            if flags & _INT_BOOL:
+                return ReturnKind.BOOL, size
+            return (ReturnKind.SIGNED if flags & _INT_SIGNED else ReturnKind.UNSIGNED), size
+        return ReturnKind.VOID, 0
 
     def pointer_ids(self, struct_names: set[str]) -> dict[int, str]:
         """Type ids that are pointers to one of the named structs (possibly
@@ -326,7 +350,8 @@ class Btf:
         return found[0]
 
     def member(self, path: str) -> MemberLocation:
-        """Locate ``struct.member.member...``, looking through anonymous members.
+        """Locate ``struct.member.member...``, looking through anonymous members;
+        a step may index an array (``pt_regs.regs[3]``).
 
         Raises BtfError when any step is missing, which callers use to probe
         for layouts that differ between kernel versions.
@@ -337,7 +362,11 @@ class Btf:
         type_id = self.struct_id(struct_name)
         bit_offset = 0
         bits = 0
-        for member in members:
+        for step in members:
+            parsed = _PATH_STEP.match(step)
+            if parsed is None:
+                raise BtfError(f"{path}: {step!r} is not a member name")
+            member, index = parsed.groups()
             found = self._find_member(type_id, member)
             if found is None:
                 raise BtfError(f"{path}: no member {member}")
@@ -345,6 +374,14 @@ class Btf:
             bit_offset += member_bits
             type_id = self.resolve(member_type)
             bits = member_bitfield
+            if index is not None:
+                if self.header(type_id)[1] != KIND_ARRAY:
+                    raise BtfError(f"{path}: {member} is not an array")
+                elem, _index_type, count = self._array(type_id)
+                if int(index) >= count:
+                    raise BtfError(f"{path}: {member} has {count} elements")
+                bit_offset += int(index) * self.size_of(elem) * 8
+                type_id = self.resolve(elem)
         size = self.size_of(type_id)
         return MemberLocation(bit_offset, bits or size * 8, size)
 

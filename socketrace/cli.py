@@ -1,18 +1,27 @@
-"""The ``socketrace`` command: flags in, :class:`~socketrace.options.Options` out.
+"""The ``socketrace`` command: flags in, :class:`~socketrace.options.Options` out, errors as one line.
 
 Bad input ends with one line on stderr and exit status 2; a failure at run
-time with one line and exit status 1. Neither shows a traceback.
+time with one line and exit status 1, after everything attached is detached.
+Neither shows a traceback unless ``--debug`` (or ``SOCKETRACE_DEBUG=1``) asks.
+
+Each option's destination is the name of the field it fills in
+:class:`Filters`, :class:`OutputSpec` or :class:`Options`, so a new flag is
+an option here and a field there.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import os
+import platform
 import sys
+import traceback
+from collections.abc import Callable
+from typing import Any
 
 import click
 
-from .attach import AttachError
-from .discovery import DiscoveryError
 from .options import (
     AttachWay,
     Filters,
@@ -20,191 +29,235 @@ from .options import (
     Options,
     OutputSpec,
     Timestamp,
+    check_readable,
+    check_writable,
     parse_addr,
     parse_kmods,
     parse_netns,
     parse_protocol,
     parse_regex,
+    validate,
 )
-from .program import ProgramError
-from .run import RunError, StopRequested, run, stop_on_signals
 
 __all__ = ["main"]
 
 EXIT_RUNTIME_ERROR = 1
 EXIT_USAGE_ERROR = 2
-EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
-
 U32 = click.IntRange(0, 0xFFFF_FFFF)
 
 
+class Parsed(click.ParamType):
+    """A click type that validates with one of options.py's parsers (their errors name the flag)."""
+
+    def __init__(self, name: str, parse: Callable[[str], Any]) -> None:
+        self.name = name
+        self._parse = parse
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if not isinstance(value, str):
+            return value  # already converted (a default)
+        try:
+            return self._parse(value)
+        except OptionError as err:
+            message = str(err)  # click names the flag itself
+            raise click.BadParameter(message.split(": ", 1)[-1] if message.startswith("--") else message) from None
+
+
+def _path(flag: str, check: Callable[[str, str], str]) -> Parsed:
+    return Parsed("path", lambda value: check(flag, value))
+
+
+def _choice(enum: type) -> Parsed:
+    values = [member.value for member in enum]
+
+    def parse(value: str) -> Any:
+        if value not in values:
+            raise OptionError(f"{value!r} is not one of {', '.join(repr(v) for v in values)}")
+        return enum(value)
+
+    return Parsed("choice", parse)
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.option("--filter-pid", type=click.IntRange(1, 0x3FFFFFFF), help="Process id (thread group id).")
+@click.option("--filter-pid", "pid", type=click.IntRange(1, 0x3FFFFFFF), help="Process id (thread group id).")
 @click.option(
     "--filter-netns",
+    "netns",
+    type=Parsed("netns", parse_netns),
     metavar="INODE|PATH|NAME",
     help="Network namespace: inode, /proc/PID/ns/net, or a name in /run/netns.",
 )
-@click.option("--filter-mark", type=U32, help="Socket mark (sk_mark).")
-@click.option("--filter-protocol", metavar="PROTO", help="tcp, udp, icmp, icmpv6, sctp, udplite, mptcp, or a number.")
-@click.option("--filter-addr", metavar="ADDR", help="Local or remote IPv4 or IPv6 address.")
-@click.option("--filter-port", type=click.IntRange(0, 65535), help="Local or remote TCP/UDP port.")
-@click.option("--filter-funcs", metavar="REGEX", help="Trace functions whose whole name matches (Python regex).")
+@click.option("--filter-mark", "mark", type=U32, help="Socket mark (sk_mark).")
+@click.option(
+    "--filter-protocol",
+    "protocol",
+    type=Parsed("protocol", parse_protocol),
+    metavar="PROTO",
+    help="tcp, udp, icmp, icmpv6, sctp, udplite, mptcp, or a number.",
+)
+@click.option("--filter-addr", "addr", type=Parsed("addr", parse_addr), help="Local or remote IPv4 or IPv6 address.")
+@click.option("--filter-port", "port", type=click.IntRange(0, 65535), help="Local or remote TCP/UDP port.")
+@click.option(
+    "--filter-funcs",
+    "filter_funcs",
+    type=Parsed("regex", parse_regex),
+    metavar="REGEX",
+    help="Trace functions whose whole name matches (Python regex).",
+)
 @click.option(
     "--filter-track-sock",
+    "track_sock",
     is_flag=True,
     help="Once a socket passes the filters, follow it everywhere until the kernel frees it.",
 )
 @click.option(
+    "--filter-errors", "errors_only", is_flag=True, help="Only calls that returned an error (implies --output-return)."
+)
+@click.option(
     "--kprobe-way",
-    type=click.Choice([way.value for way in AttachWay]),
+    "attach_way",
+    type=_choice(AttachWay),
     default="",
     show_default="auto",
     help="kprobe-multi, kprobe or tracepoint; empty picks the best the kernel has.",
 )
-@click.option("--output-file", metavar="FILE", help="Write events to FILE instead of stdout.")
-@click.option("--output-limit-lines", type=click.IntRange(0), default=0, help="Stop after N events (0: no limit).")
-@click.option("--output-sock-common", is_flag=True, help="Add state, reuseport, bound interface.")
-@click.option("--output-sock-info", is_flag=True, help="Add rx interface, backlog, buffers, priority, mark, type.")
-@click.option("--output-socket-info", is_flag=True, help="Add the struct socket's state, type, flags, inode.")
-@click.option("--output-stack", is_flag=True, help="Add the kernel stack of each event.")
-@click.option("--output-json", is_flag=True, help="One JSON object per line, every field always present.")
+@click.option("--output-file", "file", type=_path("--output-file", check_writable), help="Write events to FILE.")
+@click.option("--output-limit-lines", "limit_lines", type=click.IntRange(0), default=0, help="Stop after N events.")
+@click.option("--output-sock-common", "sock_common", is_flag=True, help="Add state, reuseport, bound interface.")
+@click.option("--output-sock-info", "sock_info", is_flag=True, help="Add rx interface, backlog, buffers, mark, type.")
+@click.option("--output-socket-info", "socket_info", is_flag=True, help="Add the struct socket's state, type, flags.")
+@click.option("--output-stack", "stack", is_flag=True, help="Add the kernel stack of each event.")
+@click.option("--output-json", "json", is_flag=True, help="One JSON object per line, every field always present.")
+@click.option(
+    "--output-return",
+    "return_values",
+    is_flag=True,
+    help="Print each call when it returns, with its return value and duration (kprobe-multi).",
+)
 @click.option(
     "--timestamp",
-    type=click.Choice([mode.value for mode in Timestamp]),
+    "timestamp",
+    type=_choice(Timestamp),
     default="none",
     show_default=True,
-    help="TIME column: wall clock, seconds since start, or delta since the same socket's previous event.",
+    help="TIME column: absolute, relative (since start), or delta (since the same socket's previous event).",
 )
-@click.option("--summary", is_flag=True, help="Print counts per function, socket and process instead of events.")
+@click.option("--summary", "summary", is_flag=True, help="Counts per function, socket and process instead of events.")
 @click.option(
     "--summary-interval", type=click.FloatRange(0), default=0, metavar="SECONDS", help="With --summary: every N s."
 )
 @click.option("--summary-top", type=click.IntRange(1), default=10, show_default=True, help="Rows per summary table.")
-@click.option("--ready-file", metavar="PATH", help="Create PATH once everything is attached.")
 @click.option(
-    "--output-return", is_flag=True, help="Print each call when it returns, with its return value and duration."
+    "--ready-file", type=_path("--ready-file", check_writable), help="Create PATH once everything is attached."
 )
 @click.option(
-    "--filter-errors", is_flag=True, help="Only calls that returned a negative errno (implies --output-return)."
+    "--wait-detach",
+    is_flag=True,
+    help="Remove classic kprobes before exiting (by default they are removed in the background).",
 )
 @click.option(
     "--list-funcs",
     type=click.Choice(["sock", "socket", "tracepoint"]),
     help="List traceable functions (or raw tracepoints) by socket argument position, then exit.",
 )
-@click.option("--kmods", metavar="NAME,...", help="Also trace functions of these kernel modules (from their BTF).")
+@click.option(
+    "--kmods",
+    type=Parsed("modules", parse_kmods),
+    metavar="NAME,...",
+    help="Also trace functions of these kernel modules (from their BTF).",
+)
 @click.option("--all-kmods", is_flag=True, help="Also trace functions of every loaded module that has BTF.")
 @click.option(
     "--kernel-btf",
-    metavar="PATH",
-    default="/sys/kernel/btf/vmlinux",
-    show_default=True,
-    help="Raw BTF file or vmlinux ELF to read kernel types from.",
+    type=_path("--kernel-btf", check_readable),
+    help="Raw BTF file or vmlinux ELF to read kernel types from (default: the running kernel's).",
 )
-@click.option(
-    "--skb-tracepoints", is_flag=True, help="Also trace raw tracepoints that take a struct sk_buff *, via skb->sk."
-)
-@click.option(
-    "--ebpf", "dump_program", is_flag=True, hidden=True, help="Print the BPF program and its macros, then exit."
-)
-def command(**flags: object) -> None:
+@click.option("--skb-tracepoints", is_flag=True, help="Also trace raw tracepoints that take a struct sk_buff *.")
+@click.option("--debug", is_flag=True, help="Show tracebacks and compiler or verifier logs of errors.")
+@click.option("--ebpf", "dump_program", is_flag=True, hidden=True, help="Print the BPF program and its macros.")
+@click.option("--perf-buffer", is_flag=True, hidden=True, help="Use the perf buffer even where ring buffers exist.")
+@click.option("--version", is_flag=True, help="Print the versions of socketrace, Python, BCC and the kernel; exit.")
+def command(**flags: Any) -> None:
     """Trace the kernel functions that handle sockets, filtered in the kernel."""
-    options = build_options(**flags)  # type: ignore[arg-type]
-    sys.exit(run(options, sys.stdout))
+    flags.pop("debug")
+    if flags.pop("version"):
+        click.echo(version_report())
+        return
+    from .run import run  # BCC and the kernel stages are loaded only to trace
+
+    sys.exit(run(build_options(flags), sys.stdout))
 
 
-def build_options(
-    filter_pid: int | None,
-    filter_netns: str | None,
-    filter_mark: int | None,
-    filter_protocol: str | None,
-    filter_addr: str | None,
-    filter_port: int | None,
-    filter_funcs: str | None,
-    kprobe_way: str,
-    output_file: str | None,
-    output_limit_lines: int,
-    output_sock_common: bool,
-    output_sock_info: bool,
-    output_socket_info: bool,
-    output_stack: bool,
-    output_json: bool,
-    timestamp: str,
-    summary: bool,
-    summary_interval: float,
-    summary_top: int,
-    ready_file: str | None,
-    filter_track_sock: bool,
-    output_return: bool,
-    filter_errors: bool,
-    list_funcs: str | None,
-    kernel_btf: str,
-    kmods: str | None,
-    all_kmods: bool,
-    skb_tracepoints: bool,
-    dump_program: bool,
-) -> Options:
-    """Validate every flag; raises OptionError naming the flag."""
-    filters = Filters(
-        pid=filter_pid,
-        netns=parse_netns(filter_netns) if filter_netns is not None else None,
-        mark=filter_mark,
-        protocol=parse_protocol(filter_protocol) if filter_protocol is not None else None,
-        addr=parse_addr(filter_addr) if filter_addr is not None else None,
-        port=filter_port,
-        track_sock=filter_track_sock,
-        errors_only=filter_errors,
-    )
-    if output_json and summary:
-        raise OptionError("--output-json and --summary: choose one")
-    output = OutputSpec(
-        file=output_file,
-        limit_lines=output_limit_lines,
-        sock_common=output_sock_common,
-        sock_info=output_sock_info,
-        socket_info=output_socket_info,
-        stack=output_stack,
-        json=output_json,
-        timestamp=Timestamp(timestamp),
-        summary=summary,
-        summary_interval=summary_interval,
-        summary_top=summary_top,
-        ready_file=ready_file,
-        return_values=output_return or filter_errors,
-    )
-    return Options(
-        filters=filters,
-        output=output,
-        filter_funcs=parse_regex(filter_funcs) if filter_funcs is not None else None,
-        attach_way=AttachWay(kprobe_way),
-        kernel_btf=kernel_btf,
-        skb_tracepoints=skb_tracepoints,
-        kmods=parse_kmods(kmods) if kmods is not None else (),
-        all_kmods=all_kmods,
-        list_funcs=list_funcs,
-        dump_program=dump_program,
-    )
+def build_options(flags: dict[str, Any]) -> Options:
+    """Flags (named as the fields they fill) into validated Options."""
+    for name, default in (("kmods", ()), ("kernel_btf", Options.kernel_btf)):
+        if flags.get(name) is None:
+            flags[name] = default
+
+    def take(kind: type) -> dict[str, Any]:
+        return {name.name: flags.pop(name.name) for name in dataclasses.fields(kind) if name.name in flags}
+
+    filters = Filters(**take(Filters))
+    output = OutputSpec(**take(OutputSpec))
+    return validate(Options(filters=filters, output=output, **flags))
+
+
+def version_report() -> str:
+    """What a bug report needs: socketrace, Python, BCC, the kernel, the backends it offers."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        own = version("socketrace")
+    except PackageNotFoundError:
+        own = "unknown (not installed)"
+    lines = [f"socketrace {own}", f"Python {platform.python_version()} ({sys.executable})"]
+    try:
+        import bcc
+
+        lines.append(f"BCC {getattr(bcc, '__version__', 'unknown')} ({os.path.dirname(bcc.__file__)})")
+    except ImportError:
+        lines.append("BCC not importable: install python3-bpfcc (see README, Installing)")
+    lines.append(f"kernel {platform.release()} {platform.machine()}")
+    if os.geteuid() != 0:
+        lines.append("backends: unknown (run as root to probe the kernel)")
+    else:
+        from .attach import available_ways
+        from .features import detect_features
+
+        features = detect_features()
+        ways = ", ".join(way.value for way in available_ways(features))
+        lines.append(f"backends: {ways}; ring buffer: {'yes' if features.ring_buffer else 'no (perf buffer)'}")
+    return "\n".join(lines)
+
+
+def _debugging(argv: list[str]) -> bool:
+    return "--debug" in argv or os.environ.get("SOCKETRACE_DEBUG") == "1"
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the console script; returns the exit status."""
-    stop_on_signals()
+    """Run the command; returns the exit status. Signals are handled by socketrace.entry."""
+    argv = sys.argv[1:] if argv is None else argv
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%Y/%m/%d %H:%M:%S", stream=sys.stderr
     )
+    from .errors import RUNTIME_ERRORS, describe
+
     try:
         result = command.main(args=argv, prog_name="socketrace", standalone_mode=False)
     except (click.UsageError, OptionError) as err:
         message = err.format_message() if isinstance(err, click.UsageError) else str(err)
         click.echo(f"socketrace: error: {message}", err=True)
         return EXIT_USAGE_ERROR
-    except (RunError, DiscoveryError, ProgramError, AttachError) as err:
-        click.echo(f"socketrace: error: {err}", err=True)
+    except click.Abort:
         return EXIT_RUNTIME_ERROR
-    except (click.Abort, StopRequested):
-        click.echo("socketrace: interrupted", err=True)
-        return EXIT_INTERRUPTED
     except SystemExit as exit_:
         return int(exit_.code or 0)
+    except RUNTIME_ERRORS as err:
+        if _debugging(argv):
+            traceback.print_exc()
+            log = getattr(err, "log", "")
+            if log:
+                sys.stderr.write(log)
+        click.echo(f"socketrace: error: {describe(err)}", err=True)
+        return EXIT_RUNTIME_ERROR
     return int(result or 0)

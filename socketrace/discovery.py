@@ -2,30 +2,37 @@
 
 Everything is read from BTF, never from headers, so the answers match the
 running kernel: for each function, the position of its first ``struct sock *``
-(or ``const struct sock *``, or else ``struct socket *``) among parameters 1-5;
-for each raw tracepoint, the ``ctx->args`` index of its socket; and the byte
-and bit location of every ``struct sock`` field the BPF program reads.
+(or ``const struct sock *``, or else ``struct socket *``) among parameters 1-5
+and the kind of its return value; for each raw tracepoint, the ``ctx->args``
+index of its socket; the byte and bit location of every field the BPF program
+reads; and, for kprobes, where this architecture's ``struct pt_regs`` keeps
+the argument registers. The BTF answers are cached per kernel (see cache.py);
+what ftrace can patch is read fresh on every run.
 """
 
 from __future__ import annotations
 
+import hashlib
 import platform
 import re
 from collections import Counter
 from dataclasses import dataclass, field
-from enum import Enum, IntEnum
+from enum import Enum
 from pathlib import Path
+from typing import Any
 
 from .btf import Btf, BtfError, FuncProto, MemberLocation, load_btf_file
+from .cache import cached
+from .contract import ArgKind, ReturnKind
 from .features import AVAILABLE_FILTER_FUNCTIONS
 from .options import Options
 from .symbols import KernelSymbols
 
 __all__ = [
-    "ArgKind",
     "Discovery",
     "DiscoveryError",
     "FieldLocation",
+    "KernelTypes",
     "Probe",
     "ProbeKind",
     "discover",
@@ -43,6 +50,8 @@ SOCK_FREE_FUNCTION = "sk_destruct"
 KALLSYMS = "/proc/kallsyms"
 KPROBE_BLACKLIST = "/sys/kernel/debug/kprobes/blacklist"
 MODULE_BTF_DIR = Path("/sys/kernel/btf")  # one split BTF file per loaded module, beside vmlinux
+VMLINUX_BTF = "/sys/kernel/btf/vmlinux"
+KERNEL_NOTES = Path("/sys/kernel/notes")  # the running kernel's ELF notes, its GNU build id among them
 
 # Compiler clones (GCC's interprocedural optimisations) may change the calling
 # convention, so the BTF prototype no longer says which register holds the socket.
@@ -51,14 +60,6 @@ _CLONE_SUFFIX = re.compile(r"\.(isra|constprop|part|cold|llvm)\.?\d*.*$")
 
 class DiscoveryError(Exception):
     """The kernel's BTF cannot answer a question socketrace must ask."""
-
-
-class ArgKind(IntEnum):
-    """What the traced argument points to; the BPF program turns it into a sock."""
-
-    SOCK = 0  # struct sock *, const struct sock *
-    SOCKET = 1  # struct socket *: read socket->sk
-    SKB = 2  # struct sk_buff *: read skb->sk (raw tracepoints only, opt-in)
 
 
 class ProbeKind(Enum):
@@ -71,13 +72,15 @@ class Probe:
     """One place to attach: a kernel function or raw tracepoint, and its socket argument.
 
     ``arg_index`` is 0-based: the function's parameter, or ``ctx->args[i]``.
+    ``ret_kind`` and ``ret_size`` say how to read the function's return value.
     """
 
     name: str
     arg_index: int
     arg_kind: ArgKind
     kind: ProbeKind
-    returns_int32: bool = False  # the return value is the low 32 bits of the register
+    ret_kind: ReturnKind = ReturnKind.VOID
+    ret_size: int = 0
 
 
 @dataclass(frozen=True)
@@ -102,11 +105,17 @@ class FieldLocation:
         size = next(size for size in (1, 2, 4, 8) if size >= needed)
         return cls(offset, size, shift, member.bits)
 
+    @property
+    def end(self) -> int:
+        """The byte after the field (0 when the kernel lacks it)."""
+        return self.offset + self.size if self.offset >= 0 else 0
+
 
 MISSING_FIELD = FieldLocation(-1, 0, 0, 0)
 
 # Fields the BPF program reads: macro name -> candidate member paths, newest
-# layout first; the first path the kernel's BTF has wins.
+# layout first; the first path the kernel's BTF has wins. SK_* fields are
+# struct sock's (the first group inside its sock_common), SOCKET_* struct socket's.
 FIELD_PATHS: dict[str, tuple[str, ...]] = {
     "SK_FAMILY": ("sock.__sk_common.skc_family",),
     "SK_STATE": ("sock.__sk_common.skc_state",),
@@ -119,7 +128,6 @@ FIELD_PATHS: dict[str, tuple[str, ...]] = {
     "SK_V6_DADDR": ("sock.__sk_common.skc_v6_daddr",),
     "SK_V6_RCV_SADDR": ("sock.__sk_common.skc_v6_rcv_saddr",),
     "SK_NET": ("sock.__sk_common.skc_net.net",),
-    "NET_NS_INUM": ("net.ns.inum",),
     "SK_PROTOCOL": ("sock.sk_protocol",),
     "SK_TYPE": ("sock.sk_type",),
     "SK_MARK": ("sock.sk_mark",),
@@ -127,10 +135,12 @@ FIELD_PATHS: dict[str, tuple[str, ...]] = {
     "SK_RCVBUF": ("sock.sk_rcvbuf",),
     "SK_SNDBUF": ("sock.sk_sndbuf",),
     "SK_BACKLOG_LEN": ("sock.sk_backlog.len",),
-    # Moved from inet_sock to sock in 5.18 (commit 0c0a5ef809f9); inet_sock
-    # starts with its sock, so the offset is relative to the sock either way.
+    # Moved from inet_sock to sock in 5.18 (commit 0c0a5ef809f9, "tcp: move
+    # sk_rx_dst_ifindex to struct sock"); inet_sock starts with its sock, so
+    # the offset is relative to the sock either way.
     "SK_RX_DST_IFINDEX": ("sock.sk_rx_dst_ifindex", "inet_sock.rx_dst_ifindex"),
     "SK_SOCKET": ("sock.sk_socket",),
+    "NET_NS_INUM": ("net.ns.inum",),
     "SOCKET_STATE": ("socket.state",),
     "SOCKET_TYPE": ("socket.type",),
     "SOCKET_FLAGS": ("socket.flags",),
@@ -145,21 +155,53 @@ FIELD_PATHS: dict[str, tuple[str, ...]] = {
     "NETLINK_GROUPS": ("netlink_sock.groups",),
     "PACKET_IFINDEX": ("packet_sock.ifindex",),
 }
-
-# The kprobe entries read arguments from struct pt_regs: the registers of
-# the first five arguments, the instruction pointer, the return value (kernel calling
-# convention, arch/*/include/asm/ptrace.h).
-REGISTER_PATHS: dict[str, tuple[str, ...]] = {
-    "x86_64": ("pt_regs.di", "pt_regs.si", "pt_regs.dx", "pt_regs.cx", "pt_regs.r8", "pt_regs.ip", "pt_regs.ax"),
-}
+SOCK_COMMON_PREFIX = "sock.__sk_common."
 
 # Without these the program cannot identify or filter a socket at all.
 REQUIRED_FIELDS = frozenset({"SK_FAMILY", "SK_DPORT", "SK_NUM", "SK_DADDR", "SK_RCV_SADDR", "SK_PROTOCOL", "SOCKET_SK"})
 
+# The kprobe entries read the first five arguments, the instruction pointer and
+# the return value from struct pt_regs, per the kernel's calling convention
+# (arch/*/include/asm/ptrace.h); the offsets come from BTF.
+REGISTER_PATHS: dict[str, dict[str, str]] = {
+    "x86_64": {
+        "REG_ARG0": "pt_regs.di",
+        "REG_ARG1": "pt_regs.si",
+        "REG_ARG2": "pt_regs.dx",
+        "REG_ARG3": "pt_regs.cx",
+        "REG_ARG4": "pt_regs.r8",
+        "REG_IP": "pt_regs.ip",
+        "REG_RET": "pt_regs.ax",
+    },
+    # struct pt_regs wraps user_pt_regs: regs[31], sp, pc, pstate (x0-x7 carry arguments, x0 the result).
+    "aarch64": {
+        **{f"REG_ARG{index}": f"pt_regs.regs[{index}]" for index in range(MAX_FUNC_ARGS)},
+        "REG_IP": "pt_regs.pc",
+        "REG_RET": "pt_regs.regs[0]",
+    },
+}
+
+SOCKET_STRUCTS = {"sock": ArgKind.SOCK, "socket": ArgKind.SOCKET, "sk_buff": ArgKind.SKB}
+
+
+@dataclass(frozen=True)
+class KernelTypes:
+    """What one kernel's BTF says, independent of options: cached per kernel.
+
+    ``tracepoints`` includes those that take only an ``sk_buff`` (kind SKB),
+    which --skb-tracepoints opts into. ``registers`` is empty on an
+    architecture whose pt_regs socketrace does not know.
+    """
+
+    functions: tuple[Probe, ...]
+    tracepoints: tuple[Probe, ...]
+    fields: dict[str, FieldLocation]
+    registers: dict[str, int]
+
 
 @dataclass
 class Discovery:
-    """What the kernel offers: probes, field locations, and what was left out and why."""
+    """What this run traces: probes, field locations, and what was left out and why."""
 
     functions: list[Probe]
     tracepoints: list[Probe]
@@ -170,14 +212,15 @@ class Discovery:
     sock_free_ip: int | None = None  # address of SOCK_FREE_FUNCTION, for --filter-track-sock
 
 
-SOCKET_STRUCTS = {"sock": ArgKind.SOCK, "socket": ArgKind.SOCKET, "sk_buff": ArgKind.SKB}
+# --- questions to BTF ----------------------------------------------------------
 
 
 def find_socket_probes(protos: list[FuncProto], btf: Btf, kind: ProbeKind, skb: bool = False) -> list[Probe]:
     """Probes whose parameters 1-5 point to a socket, with the argument's position.
 
     A ``struct sock *`` wins over a ``struct socket *`` (the sock holds the
-    addresses); the position is the parameter's own, whatever precedes it.
+    addresses), either over an ``sk_buff *`` (only with ``skb``); the position
+    is the parameter's own, whatever precedes it.
     """
     return _socket_probes(protos, btf.pointer_ids(set(SOCKET_STRUCTS)), kind, skb, btf)
 
@@ -192,8 +235,8 @@ def _socket_probes(
             if wanted is ArgKind.SKB and not skb:
                 break
             if wanted in kinds:
-                int32 = btf.is_int32(proto.return_type)
-                probes.append(Probe(proto.name, kinds.index(wanted), wanted, kind, int32))
+                ret_kind, ret_size = btf.return_kind(proto.return_type)
+                probes.append(Probe(proto.name, kinds.index(wanted), wanted, kind, ret_kind, ret_size))
                 break
     return probes
 
@@ -224,6 +267,11 @@ def kernel_field_locations(btf: Btf) -> dict[str, FieldLocation]:
     return fields
 
 
+def sock_common_fields() -> frozenset[str]:
+    """The SK_* fields inside struct sock_common: valid even in time-wait and request socks."""
+    return frozenset(macro for macro, paths in FIELD_PATHS.items() if paths[0].startswith(SOCK_COMMON_PREFIX))
+
+
 def _unix_address_path(btf: Btf) -> FieldLocation:
     """``unix_address.name[0].sun_path``: a flexible array of sockaddr_un, so add the offsets."""
     try:
@@ -232,18 +280,6 @@ def _unix_address_path(btf: Btf) -> FieldLocation:
     except BtfError:
         return MISSING_FIELD
     return FieldLocation(name.byte_offset + path.byte_offset, path.size, 0, path.size * 8)
-
-
-def register_offsets(btf: Btf, machine: str) -> dict[str, int]:
-    """``REG_ARG0``..``REG_ARG4``, ``REG_IP`` and ``REG_RET``: byte offsets in struct pt_regs."""
-    paths = REGISTER_PATHS.get(machine)
-    if paths is None:
-        raise DiscoveryError(f"kprobes are not supported on {machine} yet")
-    names = [f"REG_ARG{index}" for index in range(MAX_FUNC_ARGS)] + ["REG_IP", "REG_RET"]
-    try:
-        return {name: btf.member(path).byte_offset for name, path in zip(names, paths)}
-    except BtfError as err:
-        raise DiscoveryError(str(err)) from err
 
 
 def _socket_inode_number(btf: Btf) -> FieldLocation:
@@ -255,6 +291,126 @@ def _socket_inode_number(btf: Btf) -> FieldLocation:
     except BtfError:
         return MISSING_FIELD
     return FieldLocation.from_member(ino, -socket_start)
+
+
+def register_offsets(btf: Btf, machine: str) -> dict[str, int]:
+    """``REG_ARG0``..``REG_ARG4``, ``REG_IP`` and ``REG_RET``: byte offsets in struct pt_regs; empty when unknown."""
+    paths = REGISTER_PATHS.get(machine)
+    if paths is None:
+        return {}
+    try:
+        return {name: btf.member(path).byte_offset for name, path in paths.items()}
+    except BtfError as err:
+        raise DiscoveryError(f"this kernel's struct pt_regs is not the {machine} one socketrace knows: {err}") from err
+
+
+def require_registers(registers: dict[str, int]) -> dict[str, int]:
+    """The register offsets, or an error naming the architecture when none are known."""
+    if not registers:
+        known = ", ".join(sorted(REGISTER_PATHS))
+        raise DiscoveryError(
+            f"kprobes need the argument registers of {platform.machine()}, which socketrace does not know "
+            f"(it knows {known}); use --kprobe-way tracepoint"
+        )
+    return registers
+
+
+# --- the cache of BTF answers ----------------------------------------------------
+
+
+def _probe_to_json(probe: Probe) -> list[Any]:
+    return [probe.name, probe.arg_index, int(probe.arg_kind), int(probe.ret_kind), probe.ret_size]
+
+
+def _probe_from_json(item: list[Any], kind: ProbeKind) -> Probe:
+    name, arg_index, arg_kind, ret_kind, ret_size = item
+    return Probe(name, arg_index, ArgKind(arg_kind), kind, ReturnKind(ret_kind), ret_size)
+
+
+def _btf_identity(path: str) -> str:
+    """What identifies a BTF file: the running kernel's build id for its own BTF (a tiny read),
+    else a hash of the content."""
+    if path == VMLINUX_BTF:
+        try:
+            notes = KERNEL_NOTES.read_bytes()
+            return f"build-id:{hashlib.sha256(notes).hexdigest()}:{Path(path).stat().st_size}"
+        except OSError:
+            pass
+    return "sha256:" + hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _vmlinux_types(btf_path: str) -> tuple[KernelTypes, Btf | None]:
+    """The kernel's own types (from the cache when this kernel was seen before), and
+    its parsed BTF when it had to be read (modules' split BTF needs it as a base)."""
+    parsed: list[Btf] = []
+
+    def scan() -> dict[str, Any]:
+        btf = _load(btf_path)
+        parsed.append(btf)
+        tracepoints = find_socket_probes(btf.raw_tracepoints(), btf, ProbeKind.TRACEPOINT, skb=True)
+        return {
+            "functions": [_probe_to_json(probe) for probe in socket_functions(btf)],
+            "tracepoints": [_probe_to_json(probe) for probe in tracepoints],
+            "fields": {name: list(vars(loc).values()) for name, loc in kernel_field_locations(btf).items()},
+            "registers": register_offsets(btf, platform.machine()),
+        }
+
+    try:
+        identity = _btf_identity(btf_path)
+    except OSError as err:
+        raise DiscoveryError(f"cannot read kernel BTF {btf_path}: {err.strerror}") from err
+    value = cached("vmlinux", f"{identity}\0{platform.machine()}", scan)
+    types = KernelTypes(
+        tuple(_probe_from_json(item, ProbeKind.FUNCTION) for item in value["functions"]),
+        tuple(_probe_from_json(item, ProbeKind.TRACEPOINT) for item in value["tracepoints"]),
+        {name: FieldLocation(*loc) for name, loc in value["fields"].items()},
+        value["registers"],
+    )
+    return types, (parsed[0] if parsed else None)
+
+
+def _module_functions(path: Path, btf_path: str, vmlinux: list[Btf | None]) -> list[Probe]:
+    """A module's socket functions, from its split BTF over the kernel's (cached like the kernel's)."""
+
+    def scan() -> list[list[Any]]:
+        if vmlinux[0] is None:
+            vmlinux[0] = _load(btf_path)
+        try:
+            module = load_btf_file(path, base=vmlinux[0])
+        except FileNotFoundError:
+            raise DiscoveryError(f"--kmods: module {path.name} has no BTF here (not loaded?)") from None
+        except (OSError, BtfError) as err:
+            raise DiscoveryError(f"cannot read BTF of module {path.name}: {err}") from err
+        return [_probe_to_json(probe) for probe in socket_functions(module)]
+
+    try:
+        identity = "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
+    except FileNotFoundError:
+        raise DiscoveryError(f"--kmods: module {path.name} has no BTF here (not loaded?)") from None
+    except OSError as err:
+        raise DiscoveryError(f"cannot read BTF of module {path.name}: {err.strerror}") from err
+    value = cached("module", f"{identity}\0{_btf_identity(btf_path)}", scan)
+    return [_probe_from_json(item, ProbeKind.FUNCTION) for item in value]
+
+
+def _load(path: str) -> Btf:
+    try:
+        return load_btf_file(path)
+    except (OSError, BtfError) as err:
+        raise DiscoveryError(f"cannot read kernel BTF {path}: {err}") from err
+
+
+def _module_btf_paths(options: Options) -> list[Path]:
+    """BTF of the modules asked for (--kmods), or of every loaded one (--all-kmods)."""
+    if options.all_kmods:
+        try:
+            return sorted(path for path in MODULE_BTF_DIR.iterdir() if path.name != "vmlinux")
+        except OSError as err:
+            raise DiscoveryError(f"cannot list {MODULE_BTF_DIR}: {err.strerror}") from err
+    return [MODULE_BTF_DIR / name for name in options.kmods]
+
+
+# --- what can be traced ----------------------------------------------------------
 
 
 def traceable_functions(
@@ -271,7 +427,7 @@ def traceable_functions(
             text = Path(path).read_text()
         except OSError:
             continue
-        return Counter(line.split()[0] for line in text.splitlines() if line), path
+        return Counter(line.split(None, 1)[0] for line in text.splitlines() if line), path
     names: Counter[str] = Counter()
     with open(kallsyms_path) as kallsyms:
         for line in kallsyms:
@@ -334,54 +490,36 @@ def _rejection(
     return None
 
 
-def discover(options: Options, with_functions: bool) -> Discovery:
-    """Read the kernel's BTF and symbol lists; the second stage of the pipeline.
+def discover(options: Options, with_functions: bool, with_registers: bool = False) -> Discovery:
+    """Read the kernel's BTF (or its cached answers) and symbol lists; the second stage of the pipeline.
 
     Kernel functions are looked up only ``with_functions`` (kprobe backends,
     ``--list-funcs``): the tracepoint backend does not need them.
+    ``with_registers`` requires this architecture's pt_regs layout.
     """
-    try:
-        btf = load_btf_file(options.kernel_btf)
-    except (OSError, BtfError) as err:
-        raise DiscoveryError(f"cannot read kernel BTF {options.kernel_btf}: {err}") from err
+    types, vmlinux = _vmlinux_types(options.kernel_btf)
     skipped: Counter[str] = Counter()
     functions: list[Probe] = []
     source = ""
-    registers: dict[str, int] = {}
     sock_free_ip = None
     if with_functions:
-        candidates = socket_functions(btf)
-        for module in _module_btfs(btf, options):
-            candidates += socket_functions(module)
+        candidates = list(types.functions)
+        base = [vmlinux]
+        for path in _module_btf_paths(options):
+            candidates += _module_functions(path, options.kernel_btf, base)
         traceable, source = traceable_functions()
         functions = _select_functions(candidates, traceable, kprobe_blacklist(), options.filter_funcs, skipped)
-        registers = register_offsets(btf, platform.machine())
         if options.filters.track_sock and any(probe.name == SOCK_FREE_FUNCTION for probe in functions):
-            sock_free_ip = KernelSymbols.from_kallsyms().address_of({SOCK_FREE_FUNCTION}).get(SOCK_FREE_FUNCTION)
+            sock_free_ip = (
+                KernelSymbols.from_kallsyms({SOCK_FREE_FUNCTION})
+                .address_of({SOCK_FREE_FUNCTION})
+                .get(SOCK_FREE_FUNCTION)
+            )
     tracepoints = [
         probe
-        for probe in find_socket_probes(btf.raw_tracepoints(), btf, ProbeKind.TRACEPOINT, options.skb_tracepoints)
-        if options.filter_funcs is None or options.filter_funcs.fullmatch(probe.name)
+        for probe in types.tracepoints
+        if (options.skb_tracepoints or probe.arg_kind is not ArgKind.SKB)
+        and (options.filter_funcs is None or options.filter_funcs.fullmatch(probe.name))
     ]
-    try:
-        fields = kernel_field_locations(btf)
-    except BtfError as err:
-        raise DiscoveryError(str(err)) from err
-    return Discovery(functions, tracepoints, fields, skipped, source, registers, sock_free_ip)
-
-
-def _module_btfs(vmlinux: Btf, options: Options) -> list[Btf]:
-    """BTF of the modules asked for (--kmods), or of every loaded one (--all-kmods)."""
-    if options.all_kmods:
-        paths = sorted(path for path in MODULE_BTF_DIR.iterdir() if path.name != "vmlinux")
-    else:
-        paths = [MODULE_BTF_DIR / name for name in options.kmods]
-    modules = []
-    for path in paths:
-        try:
-            modules.append(load_btf_file(path, base=vmlinux))
-        except FileNotFoundError:
-            raise DiscoveryError(f"--kmods: module {path.name} has no BTF here (not loaded?)") from None
-        except (OSError, BtfError) as err:
-            raise DiscoveryError(f"cannot read BTF of module {path.name}: {err}") from err
-    return modules
+    registers = require_registers(types.registers) if with_registers else types.registers
+    return Discovery(functions, tracepoints, dict(types.fields), skipped, source, registers, sock_free_ip)

@@ -1,188 +1,210 @@
-"""Events from the kernel: the ctypes mirror of ``bpf/socketrace.h`` and the reader.
+"""What comes back from the kernel: event records, the per-CPU counters, the summary maps.
 
-The reader drains the ring buffer (or the perf buffer on kernels before 5.8)
-into a list of raw records and decodes them in batches, so the BCC callback
-stays as short as possible. Losses are counted in the kernel (a per-CPU
-counter bumped when an output fails) and read back here.
+The reader takes at most ``batch`` records per poll, so the caller writes
+them out before taking more: output keeps flowing while a load lasts, and
+the reader's memory stays bounded (one batch of records) however fast the
+kernel produces. On a ring buffer it uses libbpf's consumer (through libbcc,
+which BCC itself uses): a callback that returns a negative value stops the
+consumer after the record it was given, with the consumer position already
+past it. Records that never fit are counted by the program, per cause (see
+contract.Counter), and read back here.
 """
 
 from __future__ import annotations
 
 import ctypes
-import socket
+import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .symbols import AF_INET, AF_INET6
+from .contract import CONTROL_STOPPED, CONTROL_TRACING, EVENT_SIZE, Counter, Event
 
 if TYPE_CHECKING:
     from bcc import BPF
 
 __all__ = [
-    "EVENT_SIZE",
-    "Event",
     "EventReader",
-    "LossCounters",
+    "ProbeCount",
+    "Record",
+    "SockCount",
+    "SummarySnapshot",
+    "TaskCount",
     "decode_record",
+    "read_counters",
+    "read_summary",
+    "set_tracing",
 ]
 
-EVENT_SIZE = 296  # EVENT_SIZE in bpf/socketrace.h
-UNIX_PATH_MAX = 108
-EVENT_HAS_SOCKET = 1
-EVENT_RETURN = 2
-COUNTER_DROPPED = 0
-COUNTER_STACK_ERRORS = 1
-COUNTER_CALLS_LOST = 2
-PERF_BUFFER_PAGES = 256  # per CPU
-
-
-class UnixDetail(ctypes.Structure):
-    _fields_ = [("peer", ctypes.c_uint64), ("path_len", ctypes.c_int32), ("path", ctypes.c_char * UNIX_PATH_MAX)]
-
-
-class NetlinkDetail(ctypes.Structure):
-    _fields_ = [("portid", ctypes.c_uint32), ("dst_portid", ctypes.c_uint32), ("groups", ctypes.c_uint64)]
-
-
-class PacketDetail(ctypes.Structure):
-    _fields_ = [("ifindex", ctypes.c_int32)]
-
-
-class Detail(ctypes.Union):
-    _fields_ = [("unix_sk", UnixDetail), ("netlink", NetlinkDetail), ("packet", PacketDetail)]
-
-
-class Event(ctypes.Structure):
-    """``struct event`` of bpf/socketrace.h, field for field."""
-
-    _fields_ = [
-        ("ts_ns", ctypes.c_uint64),
-        ("sk", ctypes.c_uint64),
-        ("func_ip", ctypes.c_uint64),
-        ("socket_flags", ctypes.c_uint64),
-        ("socket_ino", ctypes.c_uint64),
-        ("retval", ctypes.c_int64),
-        ("duration_ns", ctypes.c_uint64),
-        ("probe_id", ctypes.c_uint32),
-        ("tgid", ctypes.c_uint32),
-        ("pid", ctypes.c_uint32),
-        ("cpu", ctypes.c_uint32),
-        ("netns", ctypes.c_uint32),
-        ("mark", ctypes.c_uint32),
-        ("priority", ctypes.c_uint32),
-        ("bound_dev_if", ctypes.c_int32),
-        ("rx_dst_ifindex", ctypes.c_int32),
-        ("backlog_len", ctypes.c_int32),
-        ("rcvbuf", ctypes.c_int32),
-        ("sndbuf", ctypes.c_int32),
-        ("socket_state", ctypes.c_int32),
-        ("stack_bytes", ctypes.c_int32),
-        ("family", ctypes.c_uint16),
-        ("protocol", ctypes.c_uint16),
-        ("type", ctypes.c_uint16),
-        ("sport", ctypes.c_uint16),
-        ("dport", ctypes.c_uint16),
-        ("socket_type", ctypes.c_int16),
-        ("state", ctypes.c_uint8),
-        ("reuseport", ctypes.c_uint8),
-        ("flags", ctypes.c_uint8),
-        ("pad", ctypes.c_uint8),
-        ("saddr", ctypes.c_uint8 * 16),
-        ("daddr", ctypes.c_uint8 * 16),
-        ("comm", ctypes.c_char * 16),
-        ("detail", Detail),
-    ]
-
-    @property
-    def has_socket(self) -> bool:
-        return bool(self.flags & EVENT_HAS_SOCKET)
-
-    def addresses(self) -> tuple[str, str] | None:
-        """(local, remote) addresses as text for AF_INET and AF_INET6, else None."""
-        if self.family == AF_INET:
-            return socket.inet_ntop(socket.AF_INET, bytes(self.saddr)[:4]), socket.inet_ntop(
-                socket.AF_INET, bytes(self.daddr)[:4]
-            )
-        if self.family == AF_INET6:
-            return socket.inet_ntop(socket.AF_INET6, bytes(self.saddr)), socket.inet_ntop(
-                socket.AF_INET6, bytes(self.daddr)
-            )
-        return None
-
-    @property
-    def is_return(self) -> bool:
-        return bool(self.flags & EVENT_RETURN)
-
-    @property
-    def unix_path(self) -> str:
-        """The bound path, ``@name`` for an abstract one, empty when unnamed."""
-        detail = self.detail.unix_sk
-        raw = ctypes.string_at(ctypes.addressof(detail) + UnixDetail.path.offset, max(0, detail.path_len))
-        if raw.startswith(b"\0"):
-            return "@" + raw[1:].decode(errors="replace")
-        return raw.split(b"\0", 1)[0].decode(errors="replace")
-
-
-assert ctypes.sizeof(Event) == EVENT_SIZE, "Event no longer matches bpf/socketrace.h"
+BATCH = 1024  # records per poll: a few ms of formatting, then the lines are written
+PERF_BUFFER_PAGES = 64  # per CPU, for kernels without ring buffers (before 5.8)
+_STACK_BYTES = struct.Struct("=i")
 
 
 @dataclass(frozen=True)
 class Record:
-    """One decoded record: the event and the kernel stack that followed it."""
+    """One decoded record: the event and the kernel stack that followed it (--output-stack)."""
 
     event: Event
     stack: tuple[int, ...]
 
 
 def decode_record(raw: bytes) -> Record:
-    """Split a raw record into its event and (with --output-stack) stack addresses."""
+    """Split a raw record into its event and stack addresses (the slower path of JSON output)."""
     event = Event.from_buffer_copy(raw, 0)
-    stack: tuple[int, ...] = ()
-    if event.stack_bytes > 0 and len(raw) > EVENT_SIZE:
-        count = min(event.stack_bytes, len(raw) - EVENT_SIZE) // 8
-        stack = tuple((ctypes.c_uint64 * count).from_buffer_copy(raw, EVENT_SIZE))
-    return Record(event, stack)
+    return Record(event, stack_of(raw))
 
 
-@dataclass(frozen=True)
-class LossCounters:
-    """What the kernel could not deliver, summed over CPUs."""
-
-    dropped: int
-    stack_errors: int
-    calls_lost: int  # --output-return: calls whose entry could not be remembered
+def stack_of(raw: bytes) -> tuple[int, ...]:
+    """The kernel stack addresses after the event, if the program took them."""
+    if len(raw) <= EVENT_SIZE:
+        return ()
+    (stack_bytes,) = _STACK_BYTES.unpack_from(raw, Event.stack_bytes.offset)
+    count = max(0, min(stack_bytes, len(raw) - EVENT_SIZE)) // 8
+    return struct.unpack_from(f"={count}Q", raw, EVENT_SIZE) if count else ()
 
 
 class EventReader:
-    """Collects raw records from the kernel buffer; decodes them per poll."""
+    """Raw records from the program's ring buffer (or perf buffer), a bounded batch per poll."""
 
-    def __init__(self, bpf: BPF, use_perf_buffer: bool) -> None:
+    def __init__(self, bpf: BPF, use_perf_buffer: bool, batch: int = BATCH) -> None:
         self._bpf = bpf
+        self._batch = batch
+        self._room = batch
         self._pending: list[bytes] = []
-        self._use_perf_buffer = use_perf_buffer
+        self._manager = None
         if use_perf_buffer:
-            bpf["events"].open_perf_buffer(self._on_perf_record, page_cnt=PERF_BUFFER_PAGES)
+            bpf["events"].open_perf_buffer(self._on_perf_record, page_cnt=PERF_BUFFER_PAGES, lost_cb=self._on_lost)
         else:
-            bpf["events"].open_ring_buffer(self._on_ring_record)
+            self._open_ring_buffer(bpf)
 
-    def _on_ring_record(self, _ctx: object, data: int, size: int) -> int:
-        self._pending.append(ctypes.string_at(data, size))
-        return 0
+    def _open_ring_buffer(self, bpf: BPF) -> None:
+        from bcc.libbcc import _RINGBUF_CB_TYPE, lib
+
+        append = self._pending.append
+        string_at = ctypes.string_at
+
+        def on_record(_ctx: object, data: int, size: int) -> int:
+            append(string_at(data, size))
+            self._room -= 1
+            return 0 if self._room > 0 else -1  # negative: libbpf stops after this record
+
+        self._lib = lib
+        self._callback = _RINGBUF_CB_TYPE(on_record)  # referenced as long as libbpf may call it
+        self._manager = lib.bpf_new_ringbuf(bpf["events"].map_fd, self._callback, None)
+        if not self._manager:
+            raise OSError(ctypes.get_errno(), "cannot open the ring buffer")
 
     def _on_perf_record(self, _cpu: int, data: int, size: int) -> None:
         self._pending.append(ctypes.string_at(data, size))
 
-    def poll(self, timeout_ms: int) -> list[Record]:
-        """Wait up to timeout_ms for records and decode everything that arrived."""
-        if self._use_perf_buffer:
-            self._bpf.perf_buffer_poll(timeout_ms)
-        else:
-            self._bpf.ring_buffer_poll(timeout_ms)
-        raw, self._pending = self._pending, []
-        return [decode_record(record) for record in raw]
+    def _on_lost(self, _count: int) -> None:
+        """The program counts what the perf buffer refused; BCC would print a warning of its own."""
 
-    def losses(self) -> LossCounters:
-        counters = self._bpf["counters"]
-        indexes = (COUNTER_DROPPED, COUNTER_STACK_ERRORS, COUNTER_CALLS_LOST)
-        totals = [sum(counters[ctypes.c_int(index)]) for index in indexes]
-        return LossCounters(*totals)
+    def _take(self) -> list[bytes]:
+        records = self._pending[:]
+        self._pending.clear()
+        return records
+
+    def poll(self, timeout_ms: int) -> list[bytes]:
+        """Wait up to timeout_ms for records; at most one batch of them."""
+        self._room = self._batch
+        if self._manager is None:
+            self._bpf.perf_buffer_poll(timeout_ms)
+            return self._take()
+        self._lib.bpf_poll_ringbuf(self._manager, timeout_ms)
+        if not self._pending:
+            # The program wakes the reader once per WAKEUP_EVERY events: take what is below that.
+            self._lib.bpf_consume_ringbuf(self._manager)
+        return self._take()
+
+    def drain(self) -> Iterator[list[bytes]]:
+        """Everything still in the buffer, a batch at a time (the program has stopped emitting)."""
+        while True:
+            self._room = self._batch
+            if self._manager is None:
+                self._bpf.perf_buffer_poll(0)
+            else:
+                self._lib.bpf_consume_ringbuf(self._manager)
+            records = self._take()
+            if not records:
+                return
+            yield records
+
+    def close(self) -> None:
+        if self._manager is not None:
+            self._lib.bpf_free_ringbuf(self._manager)
+            self._manager = None
+
+
+def set_tracing(bpf: BPF, tracing: bool) -> None:
+    """Let events flow (once everything is attached), or stop them (at the end)."""
+    bpf["control"][ctypes.c_int(0)] = ctypes.c_uint32(CONTROL_TRACING if tracing else CONTROL_STOPPED)
+
+
+def read_counters(bpf: BPF) -> dict[Counter, int]:
+    """The program's counters, summed over CPUs."""
+    per_cpu = bpf["cpu_states"][ctypes.c_int(0)]
+    return {counter: sum(state.counters[counter] for state in per_cpu) for counter in Counter}
+
+
+@dataclass(frozen=True)
+class ProbeCount:
+    count: int
+    total_ns: int
+    max_ns: int
+    latency: tuple[int, ...]  # calls by log2(duration in ns)
+
+
+@dataclass(frozen=True)
+class SockCount:
+    count: int
+    netns: int
+    family: int
+    protocol: int
+    saddr: bytes
+    sport: int
+    daddr: bytes
+    dport: int
+
+
+@dataclass(frozen=True)
+class TaskCount:
+    count: int
+    comm: str
+
+
+@dataclass(frozen=True)
+class SummarySnapshot:
+    """The --summary maps at one moment: counts since the start, keyed as the program keys them
+    (probe id, or function address for classic kprobes; sock address; thread group id)."""
+
+    probes: dict[int, ProbeCount]
+    socks: dict[int, SockCount]
+    tasks: dict[int, TaskCount]
+
+
+def read_summary(bpf: BPF) -> SummarySnapshot:
+    """Read the --summary maps (cumulative counts; the LRU ones forget their least recent rows)."""
+    probes = {
+        key.value: ProbeCount(value.count, value.total_ns, value.max_ns, tuple(value.latency))
+        for key, value in bpf["summary_probes"].items()
+    }
+    socks = {
+        key.value: SockCount(
+            value.count,
+            value.netns,
+            value.family,
+            value.protocol,
+            bytes(value.saddr),
+            value.sport,
+            bytes(value.daddr),
+            value.dport,
+        )
+        for key, value in bpf["summary_socks"].items()
+    }
+    tasks = {
+        key.value: TaskCount(value.count, value.comm.decode(errors="replace"))
+        for key, value in bpf["summary_tasks"].items()
+    }
+    return SummarySnapshot(probes, socks, tasks)

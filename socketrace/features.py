@@ -6,6 +6,7 @@ closes it at once; a refusal means the feature is missing.
 
 from __future__ import annotations
 
+import inspect
 import os
 import struct
 from dataclasses import dataclass
@@ -43,6 +44,7 @@ class Features:
     kprobes: bool
     kprobe_multi: bool = False
     get_func_ip: bool = False  # bpf_get_func_ip() in classic kprobes (5.15+)
+    bcc_kprobe_multi: bool = False  # BCC can load a program for kprobe-multi (load_func's attach_type, 0.25+)
 
 
 def detect_features() -> Features:
@@ -52,7 +54,17 @@ def detect_features() -> Features:
         kprobes=kprobes,
         kprobe_multi=kprobes and _has_kprobe_multi(),
         get_func_ip=kprobes and _can_load(_CALL_GET_FUNC_IP),
+        bcc_kprobe_multi=_bcc_loads_with_attach_type(),
     )
+
+
+def _bcc_loads_with_attach_type() -> bool:
+    """BCC before 0.25 loads every program with no expected attach type, which kprobe-multi needs."""
+    try:
+        from bcc import BPF
+    except ImportError:
+        return False
+    return "attach_type" in inspect.signature(BPF.load_func).parameters
 
 
 def _has_ring_buffer() -> bool:

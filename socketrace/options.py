@@ -2,16 +2,18 @@
 
 Every value here is checked before anything is compiled, and every filter is
 reduced to integers, because only validated integers may reach the BPF
-program's ``-D`` macros. Parsing errors raise :class:`OptionError`, which the
-CLI turns into a one-line message and exit status 2.
+program's ``-D`` macros. Errors raise :class:`OptionError`, which the CLI
+turns into a one-line message and exit status 2.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import ipaddress
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 
 __all__ = [
@@ -21,11 +23,14 @@ __all__ = [
     "Options",
     "OutputSpec",
     "Timestamp",
+    "check_readable",
+    "check_writable",
     "parse_addr",
     "parse_kmods",
     "parse_netns",
     "parse_protocol",
     "parse_regex",
+    "validate",
 ]
 
 U32_MAX = 0xFFFF_FFFF
@@ -42,6 +47,18 @@ PROTOCOL_NUMBERS = {
 }
 
 NETNS_DIR = "/run/netns"
+NS_GET_NSTYPE = 0xB703  # _IO(0xb7, 0x3), include/uapi/linux/nsfs.h (4.11+)
+CLONE_NEWNET = 0x40000000
+# CLONE_* of the other namespace types, to say what a wrong file is (include/uapi/linux/sched.h).
+NAMESPACE_TYPES = {
+    0x00020000: "mount",
+    0x02000000: "cgroup",
+    0x04000000: "uts",
+    0x08000000: "ipc",
+    0x10000000: "user",
+    0x20000000: "pid",
+    0x00000080: "time",
+}
 
 
 class OptionError(ValueError):
@@ -129,6 +146,8 @@ class Options:
     all_kmods: bool = False
     list_funcs: str | None = None
     dump_program: bool = False
+    perf_buffer: bool = False  # use the perf buffer even where ring buffers exist (tests that path)
+    wait_detach: bool = False  # remove classic kprobes before exiting, not in the background
 
 
 def parse_addr(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
@@ -140,21 +159,22 @@ def parse_addr(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
 
 
 def parse_protocol(text: str) -> int:
-    """A protocol name (tcp, udp, icmp, icmpv6, sctp, ...) or number 0-255."""
+    """A protocol name (tcp, udp, icmp, icmpv6, sctp, ...) or number 0-65535."""
     name = text.strip().lower()
     if name in PROTOCOL_NUMBERS:
         return PROTOCOL_NUMBERS[name]
     if name.isdigit() and int(name) <= 0xFFFF:
         return int(name)
     known = ", ".join(PROTOCOL_NUMBERS)
-    raise OptionError(f"--filter-protocol: {text!r} is not one of {known} or a number")
+    raise OptionError(f"--filter-protocol: {text!r} is not one of {known} or a number 0-65535")
 
 
 def parse_netns(text: str) -> int:
     """A network namespace as an inode number, a path, or a name under /run/netns.
 
-    A path (``/proc/PID/ns/net``, ``/run/netns/NAME``) is resolved to the inode
-    of the namespace file, which is the ``ns.inum`` the kernel keeps.
+    A path (``/proc/PID/ns/net``, ``/run/netns/NAME``) must be a namespace file
+    of a network namespace (the NS_GET_NSTYPE ioctl says which); its inode is
+    the ``ns.inum`` the kernel keeps.
     """
     value = text.strip()
     if value.isdigit():
@@ -166,9 +186,22 @@ def parse_netns(text: str) -> int:
         raise OptionError("--filter-netns: empty value")
     path = value if "/" in value else os.path.join(NETNS_DIR, value)
     try:
-        return os.stat(path).st_ino
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as err:
         raise OptionError(f"--filter-netns: cannot open {path}: {err.strerror}") from None
+    try:
+        ns_type = fcntl.ioctl(fd, NS_GET_NSTYPE)
+        inode = os.fstat(fd).st_ino
+    except OSError as err:
+        if err.errno in (errno.ENOTTY, errno.EINVAL):
+            raise OptionError(f"--filter-netns: {path} is not a namespace file") from None
+        raise OptionError(f"--filter-netns: {path}: {err.strerror}") from None
+    finally:
+        os.close(fd)
+    if ns_type != CLONE_NEWNET:
+        kind = NAMESPACE_TYPES.get(ns_type, "another kind of")
+        raise OptionError(f"--filter-netns: {path} is a {kind} namespace, not a network namespace")
+    return inode
 
 
 def parse_kmods(text: str) -> tuple[str, ...]:
@@ -188,3 +221,61 @@ def parse_regex(text: str) -> re.Pattern[str]:
         return re.compile(text)
     except re.error as err:
         raise OptionError(f"--filter-funcs: invalid regular expression {text!r}: {err}") from None
+
+
+def check_writable(flag: str, path: str) -> str:
+    """A file socketrace will create or overwrite: its directory must exist and be writable."""
+    if not path:
+        raise OptionError(f"{flag}: empty path")
+    directory = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise OptionError(f"{flag}: {path} is a directory")
+    if not os.path.isdir(directory):
+        raise OptionError(f"{flag}: directory {directory} does not exist")
+    if os.path.exists(path) and not os.access(path, os.W_OK):
+        raise OptionError(f"{flag}: {path} is not writable")
+    if not os.path.exists(path) and not os.access(directory, os.W_OK | os.X_OK):
+        raise OptionError(f"{flag}: cannot create files in {directory}")
+    return path
+
+
+def check_readable(flag: str, path: str) -> str:
+    """A file socketrace will read."""
+    if not os.path.isfile(path) or not os.access(path, os.R_OK):
+        reason = "does not exist" if not os.path.exists(path) else "is not a readable file"
+        raise OptionError(f"{flag}: {path} {reason}")
+    return path
+
+
+def validate(options: Options) -> Options:
+    """Checks across flags; returns the options with implied flags set."""
+    output, filters, way = options.output, options.filters, options.attach_way
+    if filters.errors_only:
+        output = replace(output, return_values=True)  # --filter-errors implies --output-return
+    if output.json and output.summary:
+        raise OptionError("--output-json and --summary: choose one")
+    if not output.summary:
+        for given, flag in (
+            (output.summary_interval, "--summary-interval"),
+            (output.summary_top != 10, "--summary-top"),
+        ):
+            if given:
+                raise OptionError(f"{flag} needs --summary")
+    else:
+        for given, flag in (
+            (output.limit_lines, "--output-limit-lines"),
+            (output.stack, "--output-stack"),
+            (output.timestamp is not Timestamp.NONE, "--timestamp"),
+            (output.sock_common or output.sock_info or output.socket_info, "--output-sock-*/--output-socket-info"),
+        ):
+            if given:
+                raise OptionError(f"{flag} has no effect with --summary: choose one")
+    if output.file is not None and output.file == output.ready_file:
+        raise OptionError("--output-file and --ready-file name the same file")
+    if output.return_values and way in (AttachWay.KPROBE, AttachWay.TRACEPOINT):
+        raise OptionError(f"--output-return and --filter-errors need kprobe-multi, not --kprobe-way {way.value}")
+    if (options.kmods or options.all_kmods) and way is AttachWay.TRACEPOINT:
+        raise OptionError("--kmods and --all-kmods trace module functions, which --kprobe-way tracepoint cannot")
+    if options.skb_tracepoints and way in (AttachWay.KPROBE, AttachWay.KPROBE_MULTI):
+        raise OptionError(f"--skb-tracepoints needs the tracepoint backend, not --kprobe-way {way.value}")
+    return replace(options, output=output)

@@ -1,26 +1,28 @@
-"""The BPF program: which probes it serves, its ``-D`` macros, and compiling it with BCC.
+"""The BPF program: which probes it serves, its ``-D`` macros, and compiling and loading it with BCC.
 
 ``bpf/socketrace.c`` is never edited as text. Everything specific to this run
 (filters, struct field locations, entry points) reaches it as ``-D`` macros
-built here from validated integers only, so user strings never reach the
-compiler. ``socketrace --ebpf`` prints the list and the source.
+built here from validated integers, and every constant shared with the Python
+side from :mod:`socketrace.contract`, so user strings never reach the compiler
+and the two sides cannot drift. ``socketrace --ebpf`` prints the list and the source.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import re
 import sys
 import tempfile
-from contextlib import contextmanager
-from dataclasses import dataclass
-from importlib import resources
-from importlib.resources.abc import Traversable
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
-from .discovery import Discovery, FieldLocation, Probe, ProbeKind
+from . import bpfsys, contract
+from .contract import kprobe_entry_name, rawtp_entry_name
+from .discovery import Discovery, FieldLocation, Probe, sock_common_fields
 from .features import Features
 from .options import AttachWay, Filters, Options
 
@@ -28,73 +30,126 @@ if TYPE_CHECKING:
     from bcc import BPF
 
 __all__ = [
+    "Entry",
     "ProgramError",
     "ProgramPlan",
-    "bpf_sources",
+    "captured_stderr",
     "compile_program",
     "kernel_version_code",
-    "kprobe_entry_name",
-    "kprobe_multi_cookie",
+    "load_function",
     "macro_definitions",
     "plan_program",
     "program_listing",
 ]
 
 SOURCE_NAME = "socketrace.c"
-RINGBUF_PAGES = 1024  # 4 MiB with 4 KiB pages: ~26k events of 160 bytes
+RING_BUFFER_BYTES = 4 << 20  # the event buffer: about 13,000 events of 312 bytes
+SPAN_MAX = 1024  # largest struct copy the program makes in one read (SPAN_MAX in the C)
+SOCKET_SPAN_FIELDS = ("SOCKET_STATE", "SOCKET_TYPE", "SOCKET_FLAGS", "SOCKET_INODE_INO")
 
 
 class ProgramError(Exception):
-    """The program could not be compiled or loaded."""
+    """The program could not be compiled or loaded; the message is one line."""
+
+    def __init__(self, message: str, log: str = "") -> None:
+        super().__init__(message)
+        self.log = log  # what the compiler or verifier printed, for --debug
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A function of the program to load: its name, BPF program type and expected attach type."""
+
+    name: str
+    prog_type: int
+    attach_type: int = -1
 
 
 @dataclass(frozen=True)
 class ProgramPlan:
-    """One program for one backend: the probes it serves (probe id = index) and its macros."""
+    """One program for one backend: the probes it serves (probe id = index), its entries and macros."""
 
     way: AttachWay
     probes: tuple[Probe, ...]
     macros: dict[str, str]
+    entries: tuple[Entry, ...] = field(default=())
+    shared_handler: Entry | None = None  # the tail-call target of the entries, if they use one
 
     @property
     def cflags(self) -> list[str]:
         return [f"-D{name}={value}" for name, value in sorted(self.macros.items())]
 
 
-def plan_program(options: Options, discovery: Discovery, way: AttachWay, features: Features) -> ProgramPlan:
-    """Choose the probes the backend serves and build the program's macros."""
+def plan_program(
+    options: Options, discovery: Discovery, way: AttachWay, features: Features, empty_entries: bool = False
+) -> ProgramPlan:
+    """Choose the probes the backend serves, the entries to load, and the program's macros.
+
+    ``empty_entries`` makes every entry return at once: the benchmarks' floor.
+    """
     probes = tuple(discovery.tracepoints if way is AttachWay.TRACEPOINT else discovery.functions)
     macros = macro_definitions(options, discovery.fields, features)
-    macros.update(_entry_macros(way, probes))
+    entries, handler, entry_macros = _entries(way, probes, options.output.return_values)
+    macros.update(entry_macros)
     if way in (AttachWay.KPROBE, AttachWay.KPROBE_MULTI):
         macros.update({name: str(offset) for name, offset in discovery.registers.items()})
         if features.get_func_ip:
             macros["HAVE_GET_FUNC_IP"] = "1"
-        if options.filters.track_sock and discovery.sock_free_ip:
+    if options.filters.track_sock:
+        free_ids = [probe_id for probe_id, probe in enumerate(probes) if probe.name == "sk_destruct"]
+        if way is AttachWay.KPROBE_MULTI and free_ids:
+            macros["TRACK_FREE_PROBE_ID"] = str(free_ids[0])
+        elif way is AttachWay.KPROBE and discovery.sock_free_ip:
             macros["TRACK_FREE_IP"] = f"{discovery.sock_free_ip}ULL"
-    return ProgramPlan(way, probes, macros)
+    if options.output.summary:
+        # One row per probe; classic kprobes key rows by function address, one per attached function too.
+        macros["SUMMARY_PROBES"] = str(max(1, len(probes)))
+    if empty_entries:
+        macros["EMPTY_ENTRIES"] = "1"
+    return ProgramPlan(way, probes, macros, entries, handler)
 
 
 def macro_definitions(options: Options, fields: dict[str, FieldLocation], features: Features) -> dict[str, str]:
-    """Filters, outputs, field locations and platform facts as macro name -> integer text."""
-    macros: dict[str, str] = {name: f"{loc.offset},{loc.size},{loc.shift},{loc.bits}" for name, loc in fields.items()}
+    """Contract constants, filters, outputs, field locations and platform facts as macro name -> text."""
+    macros = contract.contract_macros()
+    macros["SPAN_MAX"] = str(SPAN_MAX)
+    macros.update({name: f"{loc.offset},{loc.size},{loc.shift},{loc.bits}" for name, loc in fields.items()})
+    macros.update(_span_macros(fields))
     macros.update(_filter_macros(options.filters))
     output = options.output
     for enabled, name in (
         (output.reads_sock_info, "OUTPUT_SOCK_INFO"),
         (output.reads_socket_info, "OUTPUT_SOCKET_INFO"),
         (output.stack, "OUTPUT_STACK"),
+        (output.summary, "OUTPUT_SUMMARY"),
         (options.filters.track_sock, "TRACK_SOCK"),
         (output.return_values, "OUTPUT_RETURN"),
         (options.filters.errors_only, "FILTER_ERRORS"),
-        (not features.ring_buffer, "USE_PERF_BUFFER"),
+        (not features.ring_buffer or options.perf_buffer, "USE_PERF_BUFFER"),
     ):
         if enabled:
             macros[name] = "1"
-    macros["RINGBUF_PAGES"] = str(RINGBUF_PAGES)
-    macros["SOCKETRACE_PAGE_SIZE"] = str(os.sysconf("SC_PAGE_SIZE"))
+    page_size = os.sysconf("SC_PAGE_SIZE")
+    macros["RINGBUF_PAGES"] = str(max(1, RING_BUFFER_BYTES // page_size))
+    macros["SOCKETRACE_PAGE_SIZE"] = str(page_size)
     macros["SOCKETRACE_KERNEL_VERSION_CODE"] = str(kernel_version_code(platform.release()))
     return macros
+
+
+def _span_macros(fields: dict[str, FieldLocation]) -> dict[str, str]:
+    """How many bytes of a sock (and of its struct socket) one read copies: enough
+    for every field an event shows, within SPAN_MAX. Fields beyond are read alone."""
+
+    def span(names: list[str]) -> int:
+        end = max((fields[name].end for name in names if name in fields), default=8)
+        return min((end + 7) // 8 * 8, SPAN_MAX)
+
+    common = span(sorted(sock_common_fields()))
+    return {
+        "SK_COMMON_SPAN": str(common),
+        "SK_SPAN": str(max(common, span([name for name in fields if name.startswith("SK_")]))),
+        "SOCKET_SPAN": str(span(list(SOCKET_SPAN_FIELDS))),
+    }
 
 
 def _filter_macros(filters: Filters) -> dict[str, str]:
@@ -123,28 +178,29 @@ def _filter_macros(filters: Filters) -> dict[str, str]:
     return macros
 
 
-def _entry_macros(way: AttachWay, probes: tuple[Probe, ...]) -> dict[str, str]:
-    """The entry points the backend attaches, as X-macro lists of integers."""
+def _entries(
+    way: AttachWay, probes: tuple[Probe, ...], with_returns: bool
+) -> tuple[tuple[Entry, ...], Entry | None, dict[str, str]]:
+    """The entry points the backend loads, the shared handler, and the X-macro lists that define them."""
     if way is AttachWay.TRACEPOINT:
-        assert all(probe.kind is ProbeKind.TRACEPOINT for probe in probes)
-        entries = "".join(
-            f"RAWTP({probe_id},{probe.arg_index},{int(probe.arg_kind)})" for probe_id, probe in enumerate(probes)
+        prog_type = bpfsys.BPF_PROG_TYPE_RAW_TRACEPOINT
+        entries = tuple(Entry(rawtp_entry_name(probe_id), prog_type) for probe_id in range(len(probes)))
+        macro = "".join(
+            f"RAWTP({rawtp_entry_name(probe_id)},{probe_id},{probe.arg_index},{int(probe.arg_kind)})"
+            for probe_id, probe in enumerate(probes)
         )
-        return {"RAW_TRACEPOINTS": entries}
+        return entries, Entry(contract.SHARED_HANDLER, prog_type), {"RAW_TRACEPOINTS": macro}
     if way is AttachWay.KPROBE:
-        positions = sorted({(probe.arg_index, int(probe.arg_kind)) for probe in probes})
-        return {"KPROBES": "".join(f"KPROBE({index},{kind})" for index, kind in positions)}
-    return {"KPROBE_MULTI": "1"}
-
-
-def kprobe_entry_name(probe: Probe) -> str:
-    """The classic kprobe entry function serving this probe's argument position."""
-    return f"kprobe_arg{probe.arg_index}_kind{int(probe.arg_kind)}"
-
-
-def kprobe_multi_cookie(probe_id: int, probe: Probe) -> int:
-    """What the kprobe-multi programs learn from bpf_get_attach_cookie(); see COOKIE_* in the C."""
-    return probe_id << 12 | int(probe.returns_int32) << 8 | int(probe.arg_kind) << 4 | probe.arg_index
+        prog_type = bpfsys.BPF_PROG_TYPE_KPROBE
+        positions = sorted({(probe.arg_index, probe.arg_kind) for probe in probes})
+        entries = tuple(Entry(kprobe_entry_name(index, kind), prog_type) for index, kind in positions)
+        macro = "".join(f"KPROBE({kprobe_entry_name(index, kind)},{index},{int(kind)})" for index, kind in positions)
+        return entries, Entry(contract.SHARED_HANDLER, prog_type), {"KPROBES": macro}
+    multi = bpfsys.BPF_TRACE_KPROBE_MULTI
+    entries = (Entry(contract.ENTRY_KPROBE_MULTI, bpfsys.BPF_PROG_TYPE_KPROBE, multi),)
+    if with_returns:
+        entries += (Entry(contract.RETURN_KPROBE_MULTI, bpfsys.BPF_PROG_TYPE_KPROBE, multi),)
+    return entries, None, {"KPROBE_MULTI": "1"}
 
 
 def kernel_version_code(release: str) -> int:
@@ -156,56 +212,109 @@ def kernel_version_code(release: str) -> int:
     return (major << 16) + (minor << 8) + min(patch, 255)
 
 
-def bpf_sources() -> Traversable:
-    """The ``bpf/`` directory, inside the package (a symlink) or a zipapp."""
-    return resources.files("socketrace") / "bpf"
+def bpf_source_dir() -> Path:
+    """``bpf/`` as shipped: inside the package (wheel, editable install via a symlink, zipapp)."""
+    return Path(__file__).resolve().parent / "bpf"
 
 
-@contextmanager
+@contextlib.contextmanager
 def _source_tree() -> Iterator[Path]:
-    """``bpf/`` as a real directory, extracting it when running from a zip."""
-    sources = bpf_sources()
-    if isinstance(sources, Path):
-        yield sources
+    """``bpf/`` as a real directory, extracted to a temporary one when running from a zipapp."""
+    here = bpf_source_dir()
+    if here.is_dir():
+        yield here
         return
-    with tempfile.TemporaryDirectory(prefix="socketrace-bpf-") as tmp:
-        _extract(sources, Path(tmp))
-        yield Path(tmp)
+    import zipfile
+
+    archive = Path(__file__).resolve().parents[1]  # .../socketrace.pyz/socketrace/program.py
+    with tempfile.TemporaryDirectory(prefix="socketrace-bpf-") as tmp, zipfile.ZipFile(archive) as zipped:
+        for name in zipped.namelist():
+            if name.startswith("socketrace/bpf/") and not name.endswith("/"):
+                zipped.extract(name, tmp)
+        yield Path(tmp) / "socketrace" / "bpf"
 
 
-def _extract(source: Traversable, target: Path) -> None:
-    for entry in source.iterdir():
-        if entry.is_dir():
-            (target / entry.name).mkdir()
-            _extract(entry, target / entry.name)
-        else:
-            (target / entry.name).write_bytes(entry.read_bytes())
+@contextlib.contextmanager
+def captured_stderr() -> Iterator[list[str]]:
+    """What C code (clang, libbpf, the verifier log) writes to fd 2 meanwhile, instead of the terminal.
+
+    The list it yields holds the text once the block ends, whether it ended well or not.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    text: list[str] = []
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield text
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            text.append(capture.read().decode(errors="replace"))
+
+
+def _first_error(log: str) -> str:
+    """The line of a compiler or verifier log that says what went wrong."""
+    lines = [line.strip() for line in log.splitlines() if line.strip()]
+    for line in lines:
+        if "error:" in line:
+            return line.split("error:", 1)[1].strip()
+    reasons = [line for line in lines if not line.startswith(("processed ", "verification time", "stack depth", ";"))]
+    return reasons[-1] if reasons else "no reason given"
 
 
 def compile_program(plan: ProgramPlan) -> BPF:
-    """Compile and load with BCC, using bpf/include as the kernel tree.
+    """Compile with BCC against bpf/include (the stand-in kernel tree), then load every entry.
 
-    The stand-in headers are used even where real headers exist: the
-    program needs no kernel definitions, and headers of another kernel
-    would only slow the compile down.
+    The stand-in headers are used even where real headers exist: the program
+    needs no kernel definitions, and headers of another kernel would only slow
+    the compile down. Loading here, not at attach time, puts every verifier
+    rejection in one place, with its reason.
     """
     # BCC reads its per-process probe cap when imported; classic kprobes need one per function.
     os.environ.setdefault("BCC_PROBE_LIMIT", "100000")
     try:
         from bcc import BPF  # imported only by the stages that need the kernel
     except ImportError:
-        raise ProgramError("BCC's Python module is missing: install python3-bpfcc") from None
+        raise ProgramError(
+            "BCC's Python module is not importable: install python3-bpfcc (and see README, Installing)"
+        ) from None
 
     with _source_tree() as tree:
         os.environ["BCC_KERNEL_SOURCE"] = str(tree)
+        with captured_stderr() as log:
+            try:
+                bpf = BPF(src_file=str(tree / SOURCE_NAME).encode(), cflags=[*plan.cflags, f"-I{tree}"])
+                failed = False
+            except Exception:  # BCC raises bare Exception; the reason is in what clang printed
+                failed = True
+        if failed:
+            raise ProgramError(f"the BPF program failed to compile: {_first_error(log[0])}", log[0])
+    for entry in (*plan.entries, *([plan.shared_handler] if plan.shared_handler else [])):
+        load_function(bpf, entry)
+    return bpf
+
+
+def load_function(bpf: BPF, entry: Entry) -> int:
+    """Load one function of the program (BCC caches it by name); its fd. A rejection is a ProgramError."""
+    with captured_stderr() as log:
         try:
-            return BPF(src_file=str(tree / SOURCE_NAME).encode(), cflags=[*plan.cflags, f"-I{tree}"])
-        except Exception as err:  # BCC raises bare Exception on compile errors
-            raise ProgramError(f"BPF program failed to compile: {err}") from err
+            if entry.attach_type >= 0:
+                function = bpf.load_func(entry.name.encode(), entry.prog_type, attach_type=entry.attach_type)
+            else:
+                function = bpf.load_func(entry.name.encode(), entry.prog_type)
+        except Exception as err:  # BCC raises bare Exception: "Failed to load BPF program b'x': reason"
+            failure = str(err)
+        else:
+            return int(function.fd)
+    reason = _first_error(log[0]) if log[0].strip() else failure
+    raise ProgramError(f"the kernel refused to load {entry.name}: {reason}", log[0])
 
 
 def program_listing(plan: ProgramPlan) -> str:
     """The source and its macros, as ``--ebpf`` prints them."""
-    source = (bpf_sources() / SOURCE_NAME).read_text()
+    with _source_tree() as tree:
+        source = (tree / SOURCE_NAME).read_text()
     defines = "\n".join(f"#define {name} {value}" for name, value in sorted(plan.macros.items()))
     return f"/* -D macros for this run */\n{defines}\n\n{source}"

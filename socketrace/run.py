@@ -2,7 +2,12 @@
 
 options -> features -> discovery -> program -> attach -> events -> output.
 Each stage's failure names the stage; everything attached is detached on
-every way out (an error, Ctrl+C, SIGTERM, a closed pipe, the line limit).
+every way out (an error, a signal, a closed pipe, the line limit).
+
+Once everything is attached the program's control flag lets events flow,
+and from then on signals only ask the loop to stop. Stopping clears the flag,
+takes every record still in the buffer, then reads the counters, so the
+exit report accounts for every probe run.
 """
 
 from __future__ import annotations
@@ -10,100 +15,149 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import signal
-from collections.abc import Callable, Iterator
-from typing import TextIO
+import select
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, TextIO
 
-from .attach import AttachError, choose_way, make_attacher
-from .discovery import ArgKind, Discovery, Probe, discover
-from .events import EventReader
-from .features import detect_features
-from .options import AttachWay, Options, OutputSpec, Timestamp
+from . import signals
+from .attach import Attacher, choose_way, make_attacher
+from .contract import RETURN_KPROBE_MULTI, ArgKind, Counter
+from .discovery import Discovery, Probe, discover
+from .errors import RunError, stage
+from .events import EventReader, read_counters, read_summary, set_tracing
+from .features import Features, detect_features
+from .options import AttachWay, OptionError, Options, OutputSpec, Timestamp
 from .output.clock import EventClock
 from .output.json import JsonFormatter
-from .output.summary import Summary
+from .output.report import Delivery, KernelRuns, accounting_lines
+from .output.summary import SummaryRenderer
 from .output.text import TextFormatter
 from .output.writers import LineWriter, SummaryWriter
 from .program import ProgramPlan, compile_program, plan_program, program_listing
-from .symbols import KernelSymbols, ProbeNames
+from .symbols import KernelSymbols, ProbeTable
 
-__all__ = ["RunError", "StopRequested", "list_functions", "run", "stop_on_signals"]
+if TYPE_CHECKING:
+    from bcc import BPF
+
+__all__ = ["list_functions", "run"]
 
 log = logging.getLogger("socketrace")
 
 POLL_TIMEOUT_MS = 100
 
 
-class RunError(Exception):
-    """A failure at run time: reported in one line, exit status 1."""
-
-
-class StopRequested(Exception):
-    """SIGINT or SIGTERM arrived: end the run, detaching everything."""
-
-
 def run(options: Options, stdout: TextIO) -> int:
     """Trace until stopped; returns the exit status."""
     if options.list_funcs:
-        stdout.write(list_functions(discover(options, with_functions=True), options.list_funcs))
+        with stage("reading kernel types"):
+            stdout.write(list_functions(discover(options, with_functions=True), options.list_funcs))
         return 0
-    if os.geteuid() != 0:
+    if os.geteuid() != 0 and not options.dump_program:
         raise RunError("tracing needs root (CAP_BPF and CAP_PERFMON)")
-    features = detect_features()
-    way = choose_way(options.attach_way, features)
+    with stage("probing the kernel's BPF features"):
+        features = detect_features() if os.geteuid() == 0 else Features(ring_buffer=True, kprobes=False)
+    requested = options.attach_way
+    if requested is AttachWay.AUTO and options.skb_tracepoints:
+        requested = AttachWay.TRACEPOINT  # sk_buff tracepoints are what was asked for
+    way = choose_way(requested, features)
     if options.output.return_values and way is not AttachWay.KPROBE_MULTI:
         raise RunError(
             f"--output-return and --filter-errors need kprobe-multi (5.18+); the backend here is {way.value}"
         )
-    discovery = discover(options, with_functions=way is not AttachWay.TRACEPOINT)
+    plan = _plan(options, features, way)
+    if options.dump_program:
+        stdout.write(program_listing(plan))
+        return 0
+    if options.output.ready_file is not None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(options.output.ready_file)  # a stale one would release a waiting script too early
+    with stage("compiling the BPF program"):
+        bpf = compile_program(plan)
+    with _output(options.output.file, stdout) as sink:
+        _trace(options, plan, bpf, features, sink)
+    return 0
+
+
+def _plan(options: Options, features: Features, way: AttachWay) -> ProgramPlan:
+    kprobes = way is not AttachWay.TRACEPOINT
+    with stage("reading kernel types"):
+        discovery = discover(options, with_functions=kprobes, with_registers=kprobes)
     if discovery.functions:
         log.info("%d functions take a socket (checked against %s)", len(discovery.functions), discovery.function_source)
     for reason, count in sorted(discovery.skipped.items()):
         log.info("Left out %d functions: %s", count, reason)
     plan = plan_program(options, discovery, way, features)
-    if options.dump_program:
-        stdout.write(program_listing(plan))
-        return 0
-    if not plan.probes:
-        raise RunError("no probe matches: check --filter-funcs")
-    if options.output.ready_file is not None:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(options.output.ready_file)  # a stale one would release a waiting script too early
-    bpf = compile_program(plan)
-    printed = 0
-    with _output(options.output.file, stdout) as sink:
-        reader = EventReader(bpf, use_perf_buffer=not features.ring_buffer)
-        # Classic kprobes name functions by address, --output-stack names frames: one read of kallsyms.
-        needs_symbols = options.output.stack or plan.way is AttachWay.KPROBE
-        symbols = KernelSymbols.from_kallsyms() if needs_symbols else None
-        writer = _writer(options.output, _probe_names(plan, symbols).name_of, sink, symbols)
-        try:
-            with make_attacher(bpf, way, with_returns=options.output.return_values) as attacher:
-                if attacher.attach(plan.probes).attached == 0:
-                    raise AttachError("no probe could be attached")
-                _announce_ready(options.output.ready_file)
-                printed = _consume(reader, writer, sink, options.output.limit_lines)
-        except StopRequested:
-            log.info("Stopped while attaching")
-        losses = reader.losses()
-    log.info(
-        "%d events %s, %d dropped (buffer full)",
-        printed,
-        "counted" if options.output.summary else "printed",
-        losses.dropped,
-    )
-    if losses.stack_errors:
-        log.info("%d stacks could not be read", losses.stack_errors)
-    if losses.calls_lost:
-        log.info("%d calls not followed to their return (too many in flight)", losses.calls_lost)
-    return 0
+    if not plan.probes and not options.dump_program:
+        what = "function" if kprobes else "raw tracepoint"
+        raise OptionError(f"--filter-funcs: no {what} that takes a socket matches here (see --list-funcs)")
+    return plan
 
 
-def _probe_names(plan: ProgramPlan, symbols: KernelSymbols | None) -> ProbeNames:
+def _trace(options: Options, plan: ProgramPlan, bpf: BPF, features: Features, sink: TextIO) -> None:
+    """Attach, trace until asked to stop, stop, report."""
+    spec = options.output
+    # Classic kprobes name functions by address, --output-stack names frames: one read of kallsyms.
+    symbols = None
+    if spec.stack or plan.way is AttachWay.KPROBE:
+        symbols = KernelSymbols.from_kallsyms(None if spec.stack else {probe.name for probe in plan.probes})
+    probes = _probe_table(plan, symbols)
+    with contextlib.ExitStack() as stack:
+        reader = None
+        if not spec.summary:
+            reader = EventReader(bpf, use_perf_buffer=not features.ring_buffer or options.perf_buffer)
+            stack.callback(reader.close)
+        writer = _writer(spec, probes, sink, symbols, bpf)
+        attacher = stack.enter_context(make_attacher(bpf, plan, options.wait_detach))
+        with stage("attaching"):
+            if attacher.attach().attached == 0:
+                raise RunError("no probe could be attached")
+        stats_enabled = _bpf_stats_enabled()
+        set_tracing(bpf, True)
+        _announce_ready(spec.ready_file)
+        with signals.deferred():
+            failure = None
+            try:
+                _consume(reader, writer)
+            except RunError as err:  # the output failed: stop, account, then say so
+                failure = err
+            set_tracing(bpf, False)
+            for records in reader.drain() if reader is not None else ():
+                writer.write(records)  # counted as not printed once the output is gone
+            if failure is None:
+                with contextlib.suppress(RunError):
+                    writer.finish()
+            delivery = Delivery(writer.written, writer.unprinted, spec.summary, spec.return_values)
+            _report(bpf, attacher, delivery, stats_enabled and _bpf_stats_enabled())
+            if failure is not None:
+                raise failure
+
+
+def _probe_table(plan: ProgramPlan, symbols: KernelSymbols | None) -> ProbeTable:
     names = [probe.name for probe in plan.probes]
-    if plan.way is not AttachWay.KPROBE or symbols is None:
-        return ProbeNames(names)
-    return ProbeNames(names, symbols.address_of(set(names)))
+    addresses = symbols.address_of(set(names)) if plan.way is AttachWay.KPROBE and symbols is not None else None
+    return ProbeTable(names, addresses, [probe.ret_kind for probe in plan.probes])
+
+
+def _writer(
+    spec: OutputSpec, probes: ProbeTable, sink: TextIO, symbols: KernelSymbols | None, bpf: BPF
+) -> LineWriter | SummaryWriter:
+    """The table, JSON lines, or the summary, as the options ask."""
+    if spec.summary:
+        counter = Counter.RETURN_EMITTED if spec.return_values else Counter.EMITTED
+        return SummaryWriter(
+            lambda: read_summary(bpf),
+            lambda: read_counters(bpf)[counter],
+            SummaryRenderer(probes, spec.summary_top),
+            sink,
+            spec.summary_interval,
+        )
+    stack_symbols = symbols if spec.stack else None
+    if spec.json:
+        json_lines = JsonFormatter(probes, EventClock(spec.timestamp), stack_symbols)
+        return LineWriter(json_lines.format_batch, sink, None, spec.limit_lines)
+    clock = EventClock(spec.timestamp) if spec.timestamp is not Timestamp.NONE else None
+    table = TextFormatter(spec, probes, stack_symbols, clock)
+    return LineWriter(table.format_batch, sink, table.header(), spec.limit_lines)
 
 
 def _seconds_since_process_start() -> float:
@@ -115,54 +169,59 @@ def _seconds_since_process_start() -> float:
         return float(uptime.read().split()[0]) - start_ticks / ticks
 
 
-def _writer(
-    spec: OutputSpec, name_of: Callable[[int, int], str], sink: TextIO, kernel_symbols: KernelSymbols | None
-) -> LineWriter | SummaryWriter:
-    """The table, JSON lines, or the summary, as the options ask."""
-    if spec.summary:
-        return SummaryWriter(Summary(name_of, spec.summary_top), sink, spec.summary_interval)
-    symbols = kernel_symbols if spec.stack else None
-    if spec.json:
-        return LineWriter(JsonFormatter(name_of, EventClock(spec.timestamp), symbols).format, sink, header=None)
-    clock = EventClock(spec.timestamp) if spec.timestamp is not Timestamp.NONE else None
-    table = TextFormatter(spec, name_of, symbols, clock)
-    return LineWriter(table.format, sink, table.header())
-
-
 def _announce_ready(ready_file: str | None) -> None:
     """Tell people and scripts that events now flow."""
     if ready_file is not None:
-        try:
-            with open(ready_file, "w"):
-                pass
-        except OSError as err:
-            raise RunError(f"--ready-file: cannot create {ready_file}: {err.strerror}") from None
+        with stage(f"creating --ready-file {ready_file}"), open(ready_file, "w"):
+            pass
     log.info("Ready %.2f s after start", _seconds_since_process_start())
     log.info("Press Ctrl+C to stop")
 
 
-def _consume(reader: EventReader, writer: LineWriter | SummaryWriter, sink: TextIO, limit: int) -> int:
-    """The event loop, until a signal, the line limit or a closed pipe; returns the events taken."""
-    taken = 0
+def _consume(reader: EventReader | None, writer: LineWriter | SummaryWriter) -> None:
+    """The tracing loop, until a signal, the line limit or the output's end."""
+    writer.start()
+    while signals.requested() is None and not writer.done:
+        if reader is None:
+            _sleep(POLL_TIMEOUT_MS)  # --summary: the program counts in its maps
+        else:
+            writer.write(reader.poll(POLL_TIMEOUT_MS))
+        writer.tick()
+
+
+def _sleep(timeout_ms: int) -> None:
+    """Sleep until the next tick, or less when a signal arrives."""
+    with contextlib.suppress(InterruptedError):
+        select.select([], [], [], timeout_ms / 1000)
+
+
+def _bpf_stats_enabled() -> bool:
+    """kernel.bpf_stats_enabled=1: the kernel counts each program's runs (bpftool's run_cnt)."""
     try:
-        writer.start()
-        try:
-            while not limit or taken < limit:
-                records = reader.poll(POLL_TIMEOUT_MS)
-                if limit:
-                    records = records[: limit - taken]
-                writer.write(records)
-                writer.tick()
-                taken += len(records)
-        except StopRequested:
-            pass
-        writer.finish()
-    except BrokenPipeError:
-        # The reader went away (`| head`): stop quietly, and keep Python's
-        # final flush of stdout from failing again.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sink.fileno())
-    return taken
+        with open("/proc/sys/kernel/bpf_stats_enabled") as sysctl:
+            return sysctl.read().strip() == "1"
+    except OSError:
+        return False
+
+
+def _report(bpf: BPF, attacher: Attacher, delivery: Delivery, kernel_counted: bool) -> None:
+    """The accounting line, from counts that no longer change: after a detach in the
+    foreground, or (classic kprobes removed in the background) with the program stopped."""
+    in_background = getattr(attacher, "in_background", False)
+    if not in_background:
+        attacher.detach()
+    counters = read_counters(bpf)
+    stats = dict(zip((entry.name for entry in attacher.plan.entries), attacher.entry_stats()))
+    if in_background:
+        attacher.detach()
+    returns = stats.pop(RETURN_KPROBE_MULTI, None)
+    kernel = KernelRuns(
+        sum(stat.run_cnt for stat in stats.values()) if kernel_counted else None,
+        returns.run_cnt if returns is not None and kernel_counted else None,
+        sum(stat.recursion_misses for stat in stats.values()) + (returns.recursion_misses if returns else 0),
+    )
+    for line in accounting_lines(counters, delivery, kernel):
+        log.info("%s", line)
 
 
 @contextlib.contextmanager
@@ -170,24 +229,10 @@ def _output(path: str | None, stdout: TextIO) -> Iterator[TextIO]:
     if path is None:
         yield stdout
         return
-    try:
+    with stage(f"opening --output-file {path}"):
         sink = open(path, "w")  # noqa: SIM115 -- closed by the with below
-    except OSError as err:
-        raise RunError(f"--output-file: cannot open {path}: {err.strerror}") from None
     with sink:
         yield sink
-
-
-def stop_on_signals() -> None:
-    """From now on SIGINT and SIGTERM raise StopRequested, even where SIGINT was
-    ignored at start (a background job of a non-interactive shell), as `kill -INT`
-    users expect. The CLI calls this first thing, so no signal finds Python's default."""
-
-    def stop(_signum: int, _frame: object) -> None:
-        raise StopRequested
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, stop)
 
 
 def list_functions(discovery: Discovery, what: str) -> str:

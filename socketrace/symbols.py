@@ -10,13 +10,16 @@ import bisect
 import errno
 from collections.abc import Iterable
 
+from .contract import NO_PROBE_ID, ReturnKind
+
 __all__ = [
     "KernelSymbols",
-    "ProbeNames",
+    "ProbeTable",
     "errno_name",
     "family_name",
     "format_return",
     "protocol_name",
+    "return_value",
     "sock_type_name",
     "socket_state_name",
     "tcp_state_name",
@@ -144,18 +147,30 @@ def sock_type_name(sock_type: int) -> str:
     return _SOCK_TYPES.get(sock_type, str(sock_type))
 
 
-def errno_name(retval: int) -> str | None:
-    """EADDRINUSE for -98: a kernel function's negative errno, else None."""
-    if -MAX_ERRNO <= retval < 0:
+def errno_name(retval: int, kind: ReturnKind = ReturnKind.SIGNED) -> str | None:
+    """EADDRINUSE for -98 from an int, or for ERR_PTR(-98) from a pointer; else None."""
+    if kind in (ReturnKind.SIGNED, ReturnKind.POINTER) and -MAX_ERRNO <= retval < 0:
         return errno.errorcode.get(-retval, f"E{-retval}")
     return None
 
 
-def format_return(retval: int, duration_ns: int) -> str:
-    """``ret=-98 errno=EADDRINUSE duration=12.3us``; pointers print in hex."""
-    shown = f"{retval & 0xFFFF_FFFF_FFFF_FFFF:#x}" if retval < -MAX_ERRNO else str(retval)
-    name = errno_name(retval)
-    return f"ret={shown}" + (f" errno={name}" if name else "") + f" duration={duration_ns / 1000:.1f}us"
+def return_value(retval: int, kind: ReturnKind) -> int | bool | str | None:
+    """The return value as its BTF type reads: None for void, a bool, a pointer in hex, or an int."""
+    if kind is ReturnKind.VOID:
+        return None
+    if kind is ReturnKind.BOOL:
+        return bool(retval)
+    if kind is ReturnKind.POINTER:
+        return f"{retval & 0xFFFF_FFFF_FFFF_FFFF:#x}"
+    return retval
+
+
+def format_return(retval: int, duration_ns: int, kind: ReturnKind) -> str:
+    """``ret=-98 errno=EADDRINUSE duration=12.3us``; no ret= for void, true/false for bool, pointers in hex."""
+    value = return_value(retval, kind)
+    shown = "" if value is None else f"ret={str(value).lower() if isinstance(value, bool) else value} "
+    name = errno_name(retval, kind)
+    return shown + (f"errno={name} " if name else "") + f"duration={duration_ns / 1000:.1f}us"
 
 
 class KernelSymbols:
@@ -167,12 +182,13 @@ class KernelSymbols:
         self._names = [name for _, name in pairs]
 
     @classmethod
-    def from_kallsyms(cls, path: str = "/proc/kallsyms") -> KernelSymbols:
+    def from_kallsyms(cls, wanted: set[str] | None = None, path: str = "/proc/kallsyms") -> KernelSymbols:
+        """Text symbols of the running kernel; only the ``wanted`` names when given (a faster read)."""
         symbols = []
         with open(path) as kallsyms:
             for line in kallsyms:
-                address, kind, name = line.split()[:3]
-                if kind in "tTwW":
+                address, kind, name = line.split(None, 3)[:3]
+                if kind in "tTwW" and (wanted is None or name in wanted):
                     symbols.append((int(address, 16), name))
         return cls(symbols)
 
@@ -188,27 +204,36 @@ class KernelSymbols:
         return f"{self._names[index]}+0x{offset:x}" if offset else self._names[index]
 
 
-class ProbeNames:
-    """The traced function's name for an event, never a hex address.
+class ProbeTable:
+    """The traced function of an event, by name (never a hex address), and its return kind.
 
     Tracepoints and kprobe-multi report a probe id. Classic kprobes report the
     function's address: exact from bpf_get_func_ip(), or the instruction pointer
     just past the entry breakpoint on older kernels, hence the small tolerance.
     """
 
-    NO_PROBE_ID = 0xFFFF_FFFF
     IP_TOLERANCE = 16
 
-    def __init__(self, names: list[str], addresses: dict[str, int] | None = None) -> None:
+    def __init__(
+        self,
+        names: list[str],
+        addresses: dict[str, int] | None = None,
+        ret_kinds: list[ReturnKind] | None = None,
+    ) -> None:
         self._names = names
+        self._ret_kinds = ret_kinds or [ReturnKind.VOID] * len(names)
         by_address = sorted((address, name) for name, address in (addresses or {}).items())
         self._addresses = [address for address, _ in by_address]
         self._by_address = [name for _, name in by_address]
 
-    def name_of(self, probe_id: int, func_ip: int) -> str:
-        if probe_id != self.NO_PROBE_ID:
+    def name_of(self, probe_id: int, func_ip: int = 0) -> str:
+        if probe_id != NO_PROBE_ID:
             return self._names[probe_id]
         index = bisect.bisect_right(self._addresses, func_ip) - 1
         if index >= 0 and func_ip - self._addresses[index] <= self.IP_TOLERANCE:
             return self._by_address[index]
         return f"unknown+0x{func_ip:x}"
+
+    def ret_kind_of(self, probe_id: int) -> ReturnKind:
+        """Return values come from kprobe-multi only, whose events carry a probe id."""
+        return self._ret_kinds[probe_id] if probe_id != NO_PROBE_ID else ReturnKind.VOID

@@ -2,8 +2,9 @@
 
 Every backend is an :class:`Attacher`: a context manager whose ``attach``
 reports what attached and what did not, and whose exit detaches everything,
-whatever ended the run. :func:`choose_way` picks the backend: the one asked
-for, or the best the kernel has (kprobe-multi, then kprobe, then tracepoint).
+whatever ended the run, with signals deferred so a second Ctrl+C cannot
+abandon a detach halfway. :func:`choose_way` picks the backend: the one asked
+for, or the best the kernel (and BCC) offer: kprobe-multi, kprobe, tracepoint.
 """
 
 from __future__ import annotations
@@ -18,16 +19,20 @@ from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
+from .. import signals
+from ..bpfsys import ProgStats, prog_stats
 from ..discovery import Probe
 from ..features import Features
 from ..options import AttachWay
+from ..program import ProgramPlan, captured_stderr
 
 if TYPE_CHECKING:
     from bcc import BPF
 
-__all__ = ["AttachError", "AttachReport", "Attacher", "choose_way", "make_attacher"]
+__all__ = ["AttachError", "AttachReport", "Attacher", "available_ways", "choose_way", "make_attacher"]
 
 log = logging.getLogger("socketrace")
+tqdm.monitor_interval = 0  # no monitor thread: the classic kprobe backend forks to detach
 
 
 class AttachError(Exception):
@@ -40,16 +45,24 @@ class AttachReport:
     failed: dict[str, str] = field(default_factory=dict)  # probe name -> reason
 
 
-def choose_way(requested: AttachWay, features: Features) -> AttachWay:
-    """The backend to use; a forced backend the kernel lacks is an AttachError."""
-    available = {
-        AttachWay.KPROBE_MULTI: features.kprobe_multi,
+def available_ways(features: Features) -> list[AttachWay]:
+    """The backends this kernel and BCC offer, best first."""
+    offered = {
+        AttachWay.KPROBE_MULTI: features.kprobe_multi and features.bcc_kprobe_multi,
         AttachWay.KPROBE: features.kprobes,
         AttachWay.TRACEPOINT: True,
     }
+    return [way for way, ok in offered.items() if ok]
+
+
+def choose_way(requested: AttachWay, features: Features) -> AttachWay:
+    """The backend to use; a forced backend the kernel lacks is an AttachError."""
+    available = available_ways(features)
     if requested is AttachWay.AUTO:
-        return next(way for way, ok in available.items() if ok)
-    if not available.get(requested, False):
+        return available[0]
+    if requested not in available:
+        if requested is AttachWay.KPROBE_MULTI and features.kprobe_multi:
+            raise AttachError("--kprobe-way kprobe-multi: this BCC cannot load kprobe-multi programs (0.25+ can)")
         raise AttachError(f"--kprobe-way {requested.value}: this kernel does not support it")
     return requested
 
@@ -62,17 +75,17 @@ class Attacher(ABC):
     what = "kprobes"
     noun = "functions"
 
-    def __init__(self, bpf: BPF, way: AttachWay) -> None:
+    def __init__(self, bpf: BPF, plan: ProgramPlan) -> None:
         self.bpf = bpf
-        self.way = way
+        self.plan = plan
+        self.way = plan.way
         self.report = AttachReport()
+        if plan.shared_handler is not None:
+            handler = bpf.funcs[plan.shared_handler.name.encode()]
+            bpf["handlers"][ctypes.c_int(0)] = ctypes.c_int(handler.fd)
 
-    def install_shared_handler(self, prog_type: int) -> None:
-        """Load the handler the entry points tail-call, for their program type."""
-        handler = self.bpf.load_func(b"shared_handler", prog_type)
-        self.bpf["handlers"][ctypes.c_int(0)] = ctypes.c_int(handler.fd)
-
-    def attach(self, probes: tuple[Probe, ...]) -> AttachReport:
+    def attach(self) -> AttachReport:
+        probes = self.plan.probes
         log.info("Attaching %s (via %s) to %d %s", self.what, self.way.value, len(probes), self.noun)
         with tqdm(total=len(probes), unit=" probes", leave=False, disable=None) as progress:
             self._attach(probes, progress)
@@ -88,18 +101,27 @@ class Attacher(ABC):
     def _attach_each(
         self, probes: tuple[Probe, ...], progress: tqdm, attach_one: Callable[[int, Probe], None]
     ) -> list[str]:
-        """Attach probes one at a time; a refusal is recorded, not fatal. Returns the attached names."""
+        """Attach probes one at a time; a refusal is recorded with BCC's reason, not fatal, and
+        nothing BCC prints reaches the terminal. Returns the attached names."""
         attached = []
         for probe_id, probe in enumerate(probes):
-            try:
-                attach_one(probe_id, probe)
-            except Exception as err:  # BCC raises bare Exception
-                self.report.failed[probe.name] = str(err).splitlines()[0]
-            else:
+            with captured_stderr() as printed:
+                try:
+                    attach_one(probe_id, probe)
+                    failure = None
+                except Exception as err:  # BCC raises bare Exception
+                    failure = str(err)
+            if failure is None:
                 attached.append(probe.name)
                 self.report.attached += 1
+            else:
+                self.report.failed[probe.name] = (printed[0].strip() or failure).splitlines()[0]
             progress.update()
         return attached
+
+    def entry_stats(self) -> list[ProgStats]:
+        """What the kernel counted for each entry program (run counts need kernel.bpf_stats_enabled=1)."""
+        return [prog_stats(self.bpf.funcs[entry.name.encode()].fd) for entry in self.plan.entries]
 
     def _log_detaching(self, count: int, noun: str) -> None:
         log.info("Detaching %s (via %s) from %d %s", self.what, self.way.value, count, noun)
@@ -114,19 +136,18 @@ class Attacher(ABC):
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self.detach()
+        with signals.deferred():
+            self.detach()
 
 
-def make_attacher(bpf: BPF, way: AttachWay, with_returns: bool = False) -> Attacher:
-    """The backend's attacher; ``with_returns`` adds the return probes (kprobe-multi)."""
+def make_attacher(bpf: BPF, plan: ProgramPlan, wait_detach: bool = False) -> Attacher:
+    """The backend's attacher for a compiled and loaded program."""
     from .kprobe import KprobeAttacher
     from .kprobe_multi import KprobeMultiAttacher
     from .rawtp import RawTracepointAttacher
 
-    if way is AttachWay.KPROBE_MULTI:
-        return KprobeMultiAttacher(bpf, way, with_returns)
-    backends: dict[AttachWay, type[KprobeAttacher | RawTracepointAttacher]] = {
-        AttachWay.KPROBE: KprobeAttacher,
-        AttachWay.TRACEPOINT: RawTracepointAttacher,
-    }
-    return backends[way](bpf, way)
+    if plan.way is AttachWay.KPROBE:
+        return KprobeAttacher(bpf, plan, in_background=not wait_detach)
+    if plan.way is AttachWay.KPROBE_MULTI:
+        return KprobeMultiAttacher(bpf, plan)
+    return RawTracepointAttacher(bpf, plan)

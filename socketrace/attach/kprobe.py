@@ -1,12 +1,20 @@
-"""Classic kprobes: one perf event per function, detached in parallel.
+"""Classic kprobes: one perf event per function, removed out of the user's way.
 
-Each kprobe is removed with an RCU grace period of its own when closed one at
-a time (about 13 per second in an emulated guest). Closing them from many
-threads at once lets concurrent removals share grace periods.
+Removing a kprobe is slow and the kernel serializes removals
+(``perf_kprobe_destroy()`` holds ``event_mutex`` across an RCU grace period):
+about 1,500 take a minute in an emulated guest, and threads barely help. The
+program is already stopped when the run ends (its control flag no longer says
+TRACING, so every hit returns at once), so by default the perf events are
+handed to a child process in a session of its own, which closes them and
+exits; the shell gets its prompt back at once. ``--wait-detach`` closes them
+in the foreground instead, from a pool of threads that share grace periods
+where the kernel lets them.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import resource
 from concurrent.futures import ThreadPoolExecutor
@@ -14,9 +22,9 @@ from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
+from ..contract import kprobe_entry_name
 from ..discovery import Probe
-from ..options import AttachWay
-from ..program import kprobe_entry_name
+from ..program import ProgramPlan
 from . import Attacher
 
 if TYPE_CHECKING:
@@ -24,9 +32,10 @@ if TYPE_CHECKING:
 
 __all__ = ["KprobeAttacher", "close_in_parallel"]
 
+log = logging.getLogger("socketrace")
+
 DETACH_THREADS = 64
-FDS_PER_PROBE = 1  # the perf event; BCC holds the program fds once per entry point
-SPARE_FDS = 256
+SPARE_FDS = 256  # besides one perf event per probe
 
 
 def close_in_parallel(fds: list[int], threads: int = DETACH_THREADS, progress: tqdm | None = None) -> None:
@@ -44,32 +53,64 @@ def close_in_parallel(fds: list[int], threads: int = DETACH_THREADS, progress: t
 class KprobeAttacher(Attacher):
     """Attaches ``kprobe_arg<i>_kind<k>`` to each function through BCC."""
 
-    def __init__(self, bpf: BPF, way: AttachWay, detach_threads: int = DETACH_THREADS) -> None:
-        super().__init__(bpf, way)
+    def __init__(
+        self, bpf: BPF, plan: ProgramPlan, in_background: bool = True, detach_threads: int = DETACH_THREADS
+    ) -> None:
+        super().__init__(bpf, plan)
+        self.in_background = in_background
         self.detach_threads = detach_threads
+        self.remover_pid: int | None = None  # the child removing the probes, when in the background
         self._attached: list[str] = []
 
     def _attach(self, probes: tuple[Probe, ...], progress: tqdm) -> None:
-        from bcc import BPF
-
-        _raise_fd_limit(len(probes) * FDS_PER_PROBE + SPARE_FDS)
-        self.install_shared_handler(BPF.KPROBE)
+        _raise_fd_limit(len(probes) + SPARE_FDS)
 
         def attach_one(_probe_id: int, probe: Probe) -> None:
-            self.bpf.attach_kprobe(event=probe.name.encode(), fn_name=kprobe_entry_name(probe).encode())
+            entry = kprobe_entry_name(probe.arg_index, probe.arg_kind)
+            self.bpf.attach_kprobe(event=probe.name.encode(), fn_name=entry.encode())
 
         self._attached = self._attach_each(probes, progress, attach_one)
 
     def detach(self) -> None:
         if not self._attached:
             return
-        self._log_detaching(len(self._attached), self.noun)
         # Take the perf fds out of BCC's bookkeeping, so its own cleanup does not close them again.
         fds = [fd for fn_fds in self.bpf.kprobe_fds.values() for fd in fn_fds.values()]
         self.bpf.kprobe_fds.clear()
+        self._attached.clear()
+        if self.in_background:
+            self.remover_pid = _remove_in_background(fds)
+            log.info(
+                "Removing %d kprobes in the background (pid %d); --wait-detach waits for it instead",
+                len(fds),
+                self.remover_pid,
+            )
+            return
+        self._log_detaching(len(fds), self.noun)
         with tqdm(total=len(fds), unit=" probes", leave=False, disable=None) as progress:
             close_in_parallel(fds, self.detach_threads, progress)
-        self._attached.clear()
+
+
+def _remove_in_background(fds: list[int]) -> int:
+    """Fork a child that closes the perf events and exits; the parent's copies are closed at once."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.setsid()  # out of the terminal's process group: Ctrl+C is the parent's business
+            devnull = os.open(os.devnull, os.O_RDWR)
+            for std in (0, 1, 2):
+                os.dup2(devnull, std)  # a pipe or file of the user's must not wait for this child
+            keep = set(fds) | {0, 1, 2}
+            for name in os.listdir("/proc/self/fd"):
+                if int(name) not in keep:
+                    with contextlib.suppress(OSError):  # the listing's own fd is gone already
+                        os.close(int(name))
+            close_in_parallel(fds)
+        finally:
+            os._exit(0)
+    for fd in fds:
+        os.close(fd)  # the child holds the events now: these closes are only reference drops
+    return pid
 
 
 def _raise_fd_limit(needed: int) -> None:

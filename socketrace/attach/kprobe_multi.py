@@ -1,10 +1,10 @@
 """kprobe-multi: one BPF link for every function (5.18+, CONFIG_FPROBE).
 
 BCC has no API for it: the entry function is loaded with the kprobe-multi
-attach type and linked with ``bpf(BPF_LINK_CREATE)``. Each function gets a
-cookie naming it and its socket argument. The kernel refuses the whole link
-(ESRCH) when one symbol cannot be probed; such symbols are found by
-bisection, reported, and left out.
+attach type (by the program stage) and linked with ``bpf(BPF_LINK_CREATE)``.
+Each function gets a cookie naming it, its socket argument and its return
+type. The kernel refuses the whole link (ESRCH) when one symbol cannot be
+probed; such symbols are found by bisection, reported, and left out.
 """
 
 from __future__ import annotations
@@ -15,10 +15,9 @@ from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
-from .. import bpfsys
+from .. import bpfsys, contract
 from ..discovery import Probe
-from ..options import AttachWay
-from ..program import kprobe_multi_cookie
+from ..program import ProgramPlan
 from . import Attacher, AttachError
 
 if TYPE_CHECKING:
@@ -26,8 +25,6 @@ if TYPE_CHECKING:
 
 __all__ = ["KprobeMultiAttacher"]
 
-ENTRY_FUNCTION = b"kprobe_multi_entry"
-RETURN_FUNCTION = b"kprobe_multi_return"
 # The kernel cannot do kprobe-multi at all: fall back to another backend.
 UNSUPPORTED = (errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL)
 
@@ -35,21 +32,17 @@ UNSUPPORTED = (errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL)
 class KprobeMultiAttacher(Attacher):
     """All functions in as few links as the kernel accepts (one, unless symbols are refused)."""
 
-    def __init__(self, bpf: BPF, way: AttachWay, with_returns: bool = False) -> None:
-        super().__init__(bpf, way)
-        self.with_returns = with_returns
+    def __init__(self, bpf: BPF, plan: ProgramPlan) -> None:
+        super().__init__(bpf, plan)
         self._links: list[tuple[int, int]] = []  # (link fd, functions it enters; 0 for return links)
 
     def _attach(self, probes: tuple[Probe, ...], progress: tqdm) -> None:
-        from bcc import BPF
-
-        batch = [(probe.name, kprobe_multi_cookie(probe_id, probe)) for probe_id, probe in enumerate(probes)]
-        if self.with_returns:
+        batch = [(probe.name, _cookie(probe_id, probe)) for probe_id, probe in enumerate(probes)]
+        fds = {entry.name: self.bpf.funcs[entry.name.encode()].fd for entry in self.plan.entries}
+        if contract.RETURN_KPROBE_MULTI in fds:
             # Returns first, so that no call is remembered at entry without its return being seen.
-            exit_prog = self.bpf.load_func(RETURN_FUNCTION, BPF.KPROBE, attach_type=bpfsys.BPF_TRACE_KPROBE_MULTI)
-            self._link(exit_prog.fd, batch, is_return=True)
-        entry = self.bpf.load_func(ENTRY_FUNCTION, BPF.KPROBE, attach_type=bpfsys.BPF_TRACE_KPROBE_MULTI)
-        self._link(entry.fd, batch, progress)
+            self._link(fds[contract.RETURN_KPROBE_MULTI], batch, is_return=True)
+        self._link(fds[contract.ENTRY_KPROBE_MULTI], batch, progress)
 
     def _link(
         self, prog_fd: int, batch: list[tuple[str, int]], progress: tqdm | None = None, is_return: bool = False
@@ -85,3 +78,7 @@ class KprobeMultiAttacher(Attacher):
         self._log_detaching(len(self._links), f"bpf links ({functions} functions)")
         while self._links:
             os.close(self._links.pop()[0])
+
+
+def _cookie(probe_id: int, probe: Probe) -> int:
+    return contract.kprobe_multi_cookie(probe_id, probe.arg_index, probe.arg_kind, probe.ret_kind, probe.ret_size)

@@ -6,8 +6,9 @@ from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
+from ..contract import rawtp_entry_name
 from ..discovery import Probe
-from ..options import AttachWay
+from ..program import ProgramPlan
 from . import Attacher
 
 if TYPE_CHECKING:
@@ -22,17 +23,13 @@ class RawTracepointAttacher(Attacher):
     what = "probes"
     noun = "raw tracepoints"
 
-    def __init__(self, bpf: BPF, way: AttachWay) -> None:
-        super().__init__(bpf, way)
+    def __init__(self, bpf: BPF, plan: ProgramPlan) -> None:
+        super().__init__(bpf, plan)
         self._attached: list[str] = []
 
     def _attach(self, probes: tuple[Probe, ...], progress: tqdm) -> None:
-        from bcc import BPF
-
-        self.install_shared_handler(BPF.RAW_TRACEPOINT)
-
         def attach_one(probe_id: int, probe: Probe) -> None:
-            self.bpf.attach_raw_tracepoint(tp=probe.name.encode(), fn_name=f"rawtp_{probe_id}".encode())
+            self.bpf.attach_raw_tracepoint(tp=probe.name.encode(), fn_name=rawtp_entry_name(probe_id).encode())
 
         self._attached = self._attach_each(probes, progress, attach_one)
 

@@ -6,13 +6,12 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from ..events import Event
 from ..options import Timestamp
 
 __all__ = ["EventClock", "Stamps"]
 
-# Sockets remembered for deltas; past this the oldest are forgotten (their next delta is 0).
-MAX_SOCKETS = 100_000
+# Sockets remembered for deltas; past this the least recently seen are forgotten (their next delta is 0).
+MAX_SOCKETS = 65_536
 
 
 @dataclass(frozen=True)
@@ -40,13 +39,14 @@ class EventClock:
         self._wall_offset_ns = time.time_ns() - self.start_ns
         self._last_by_sock: dict[int, int] = {}
 
-    def stamp(self, event: Event) -> Stamps:
-        previous = self._last_by_sock.pop(event.sk, None)
+    def stamp(self, sk: int, ts_ns: int) -> Stamps:
+        """The times of an event of socket ``sk`` at ``ts_ns`` (kernel monotonic)."""
+        previous = self._last_by_sock.pop(sk, None)  # re-inserted last: the dict stays in recency order
         if len(self._last_by_sock) >= MAX_SOCKETS:
             del self._last_by_sock[next(iter(self._last_by_sock))]
-        self._last_by_sock[event.sk] = event.ts_ns
-        delta = event.ts_ns - previous if previous is not None else 0
-        return Stamps(event.ts_ns + self._wall_offset_ns, event.ts_ns - self.start_ns, delta)
+        self._last_by_sock[sk] = ts_ns
+        delta = ts_ns - previous if previous is not None else 0
+        return Stamps(ts_ns + self._wall_offset_ns, ts_ns - self.start_ns, delta)
 
     def column(self, stamps: Stamps) -> str:
         """The TIME column of the table, per --timestamp."""

@@ -1,10 +1,21 @@
-"""The original socketrace's table: ``CPU PROCESS FUNC`` then the socket, one line per event."""
+"""The original socketrace's table: ``CPU PROCESS FUNC`` then the socket, one line per event.
+
+Formatting works on raw records and is built for throughput: the text of the
+task and function (``5   926(sshd)   tcp_sendmsg``) is cached by the record
+bytes it comes from, and so is the text of the socket (tuple, namespace,
+family, details, identity), so an event of a socket already seen costs two
+slices, two dictionary lookups and a concatenation. Both caches are bounded
+(MAX_CACHED entries each, then cleared).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import ctypes
+import socket
+import struct
 
-from ..events import Event, Record
+from ..contract import EVENT_RETURN, SOCK_HAS_SOCKET, SOCKET_PART, WHO_PART, Event
+from ..events import stack_of
 from ..options import OutputSpec
 from ..symbols import (
     AF_INET,
@@ -14,6 +25,7 @@ from ..symbols import (
     AF_UNIX,
     IPPROTO_TCP,
     KernelSymbols,
+    ProbeTable,
     family_name,
     format_return,
     protocol_name,
@@ -23,14 +35,19 @@ from ..symbols import (
 )
 from .clock import EventClock
 
-__all__ = ["TextFormatter", "format_detail", "format_tuple", "header"]
+__all__ = ["TIME_WIDTH", "TextFormatter", "addresses", "endpoints", "header", "unix_path"]
 
 CPU_WIDTH = 3
 PROCESS_WIDTH = 32
 FUNC_WIDTH = 32
-
-
 TIME_WIDTH = 15
+MAX_CACHED = 65_536  # entries per cache; a busy host's sockets and tasks fit, a flood of new ones is bounded
+
+_WHO = struct.Struct("=QIII16s")  # func_ip, cpu, probe_id, tgid, comm
+_RETURN = struct.Struct("=qQ")  # retval, duration_ns
+_FLAGS = Event.flags.offset  # its low byte holds EVENT_RETURN (little-endian machines)
+_TS_NS = struct.Struct("=Q")
+_SK = struct.Struct("=Q")
 
 
 def header(with_time: bool = False) -> str:
@@ -38,34 +55,53 @@ def header(with_time: bool = False) -> str:
     return f"{'TIME':<{TIME_WIDTH}} {columns}" if with_time else columns
 
 
-def format_tuple(event: Event) -> str:
+def addresses(family: int, saddr: bytes, daddr: bytes) -> tuple[str, str] | None:
+    """(local, remote) addresses as text for AF_INET and AF_INET6, else None."""
+    if family == AF_INET:
+        return socket.inet_ntop(socket.AF_INET, saddr[:4]), socket.inet_ntop(socket.AF_INET, daddr[:4])
+    if family == AF_INET6:
+        return socket.inet_ntop(socket.AF_INET6, saddr), socket.inet_ntop(socket.AF_INET6, daddr)
+    return None
+
+
+def endpoints(family: int, saddr: bytes, sport: int, daddr: bytes, dport: int) -> str:
     """``saddr:sport -> daddr:dport``; IPv6 addresses in brackets; empty for other families."""
-    addresses = event.addresses()
-    if addresses is None:
+    pair = addresses(family, saddr, daddr)
+    if pair is None:
         return ""
-    local, remote = addresses
-    if event.family == AF_INET6:
-        return f"[{local}]:{event.sport} -> [{remote}]:{event.dport}"
-    return f"{local}:{event.sport} -> {remote}:{event.dport}"
+    local, remote = pair
+    if family == AF_INET6:
+        return f"[{local}]:{sport} -> [{remote}]:{dport}"
+    return f"{local}:{sport} -> {remote}:{dport}"
 
 
-def format_detail(event: Event, with_tcp_state: bool = True) -> str:
+def unix_path(event: Event) -> str:
+    """The bound path of a unix socket, ``@name`` for an abstract one, empty when unnamed."""
+    detail = event.detail.unix_sk
+    # Not detail.path: ctypes cuts a char array at its first NUL, which starts an abstract name.
+    raw = ctypes.string_at(ctypes.addressof(detail) + type(detail).path.offset, max(0, detail.path_len))
+    if raw.startswith(b"\0"):
+        return "@" + raw[1:].decode(errors="replace")
+    return raw.split(b"\0", 1)[0].decode(errors="replace")
+
+
+def _detail(event: Event, with_tcp_state: bool) -> str:
     """What only the socket's family has: unix path and peer, netlink ports and groups,
     packet interface, and TCP's state."""
     if event.family == AF_UNIX:
-        return f"path={event.unix_path} peer=0x{event.detail.unix_sk.peer:x}"
+        return f" path={unix_path(event)} peer=0x{event.detail.unix_sk.peer:x}"
     if event.family == AF_NETLINK:
         netlink = event.detail.netlink
-        return f"portid={netlink.portid} dst_portid={netlink.dst_portid} groups={netlink.groups:#x}"
+        return f" portid={netlink.portid} dst_portid={netlink.dst_portid} groups={netlink.groups:#x}"
     if event.family == AF_PACKET:
-        return f"ifindex={event.detail.packet.ifindex}"
+        return f" ifindex={event.detail.packet.ifindex}"
     if with_tcp_state and event.family in (AF_INET, AF_INET6) and event.protocol == IPPROTO_TCP:
-        return f"state={tcp_state_name(event.state)}"
+        return f" state={tcp_state_name(event.state)}"
     return ""
 
 
 class TextFormatter:
-    """Turns records into lines; ``name_of(probe_id, func_ip)`` names the traced function.
+    """Raw records to table lines; ``probes`` names the traced function of each.
 
     With a clock, each line starts with a TIME column (``--timestamp``).
     """
@@ -73,62 +109,100 @@ class TextFormatter:
     def __init__(
         self,
         spec: OutputSpec,
-        name_of: Callable[[int, int], str],
+        probes: ProbeTable,
         symbols: KernelSymbols | None = None,
         clock: EventClock | None = None,
     ) -> None:
         self._spec = spec
-        self._name_of = name_of
-        self._symbols = symbols
+        self._probes = probes
+        self._symbols = symbols if spec.stack else None
         self._clock = clock
+        self._who: dict[bytes, str] = {}
+        self._sock: dict[bytes, tuple[str, str]] = {}
 
     def header(self) -> str:
         return header(with_time=self._clock is not None)
 
-    def format(self, record: Record) -> str:
-        event = record.event
-        spec = self._spec
-        process = f"{event.tgid}({event.comm.decode(errors='replace')})"
-        func = self._name_of(event.probe_id, event.func_ip)
-        parts = [f"{event.cpu:<{CPU_WIDTH}} {process:<{PROCESS_WIDTH}} {func:<{FUNC_WIDTH}}"]
+    def format(self, raw: bytes) -> str:
+        """One event's line (with its stack lines under it, if asked for)."""
+        return self.format_batch([raw])[:-1]
+
+    def format_batch(self, records: list[bytes]) -> str:
+        """The lines of a batch of records, each ending in a newline."""
+        who_cache, sock_cache = self._who, self._sock
+        who_start, who_end = WHO_PART
+        sock_start, sock_end = SOCKET_PART
+        plain = self._clock is None and self._symbols is None
+        lines = []
+        for raw in records:
+            who = who_cache.get(raw[who_start:who_end]) or self._who_text(raw)
+            head, tail = sock_cache.get(raw[sock_start:sock_end]) or self._sock_text(raw)
+            middle = self._return_text(raw) if raw[_FLAGS] & EVENT_RETURN else ""
+            line = who + head + middle + tail
+            if not plain:
+                line = self._decorate(raw, line)
+            lines.append(line)
+        lines.append("")
+        return "\n".join(lines)
+
+    def _decorate(self, raw: bytes, line: str) -> str:
+        """The TIME column before the line, the stack under it."""
         if self._clock is not None:
-            parts.insert(0, f"{self._clock.column(self._clock.stamp(event)):<{TIME_WIDTH}}")
-        endpoints = format_tuple(event)
-        if endpoints:
-            parts.append(endpoints)
-        parts.append(
-            f"netns={event.netns} family={family_name(event.family)} "
-            f"protocol={protocol_name(event.family, event.protocol)}"
-        )
-        if event.is_return:
-            parts.append(format_return(event.retval, event.duration_ns))
-        detail = format_detail(event, with_tcp_state=not spec.sock_common)
-        if detail:
-            parts.append(detail)
-        if spec.sock_common:
-            parts.append(
-                f"state={tcp_state_name(event.state)} reuseport={str(bool(event.reuseport)).lower()} "
-                f"bound_ifindex={event.bound_dev_if}"
-            )
-        if spec.sock_info:
-            parts.append(
-                f"rx_dst_ifindex={event.rx_dst_ifindex} backlog_len={event.backlog_len} "
-                f"rcv_buff={event.rcvbuf} snd_buff={event.sndbuf} priority={event.priority} "
-                f"mark={event.mark} type={sock_type_name(event.type)}"
-            )
-        if spec.socket_info:
-            parts.append(self._socket_info(event))
-        parts.append(f"sk=0x{event.sk:x}" + (f" ino={event.socket_ino}" if event.has_socket else ""))
-        line = " ".join(parts)
-        if spec.stack and self._symbols is not None:
-            line += "".join(f"\n    {self._symbols.describe(address)}" for address in record.stack)
+            (ts_ns,) = _TS_NS.unpack_from(raw, Event.ts_ns.offset)
+            (sk,) = _SK.unpack_from(raw, Event.sk.offset)
+            line = f"{self._clock.column(self._clock.stamp(sk, ts_ns)):<{TIME_WIDTH}} {line}"
+        if self._symbols is not None:
+            line += "".join(f"\n    {self._symbols.describe(address)}" for address in stack_of(raw))
         return line
 
-    @staticmethod
-    def _socket_info(event: Event) -> str:
-        if not event.has_socket:
-            return "socket=none"
-        return (
-            f"state={socket_state_name(event.socket_state)} type={sock_type_name(event.socket_type)} "
-            f"flags={event.socket_flags:#x} f_ino={event.socket_ino}"
+    def _who_text(self, raw: bytes) -> str:
+        func_ip, cpu, probe_id, tgid, comm = _WHO.unpack_from(raw, WHO_PART[0])
+        name = comm.split(b"\0", 1)[0].decode(errors="replace")
+        process = f"{tgid}({name})"
+        func = self._probes.name_of(probe_id, func_ip)
+        text = f"{cpu:<{CPU_WIDTH}} {process:<{PROCESS_WIDTH}} {func:<{FUNC_WIDTH}}"
+        if len(self._who) >= MAX_CACHED:
+            self._who.clear()
+        self._who[raw[WHO_PART[0] : WHO_PART[1]]] = text
+        return text
+
+    def _return_text(self, raw: bytes) -> str:
+        retval, duration_ns = _RETURN.unpack_from(raw, Event.retval.offset)
+        (probe_id,) = struct.unpack_from("=I", raw, Event.probe_id.offset)
+        return " " + format_return(retval, duration_ns, self._probes.ret_kind_of(probe_id))
+
+    def _sock_text(self, raw: bytes) -> tuple[str, str]:
+        """(tuple, namespace, family, protocol) and (details, identity): the return value goes between."""
+        event = Event.from_buffer_copy(raw)
+        spec = self._spec
+        tuple_text = endpoints(event.family, bytes(event.saddr), event.sport, bytes(event.daddr), event.dport)
+        head = (
+            (f" {tuple_text}" if tuple_text else "")
+            + f" netns={event.netns} family={family_name(event.family)}"
+            + f" protocol={protocol_name(event.family, event.protocol)}"
         )
+        tail = _detail(event, with_tcp_state=not spec.sock_common)
+        if spec.sock_common:
+            tail += (
+                f" state={tcp_state_name(event.state)} reuseport={str(bool(event.reuseport)).lower()}"
+                f" bound_ifindex={event.bound_dev_if}"
+            )
+        if spec.sock_info:
+            tail += (
+                f" rx_dst_ifindex={event.rx_dst_ifindex} backlog_len={event.backlog_len}"
+                f" rcv_buff={event.rcvbuf} snd_buff={event.sndbuf} priority={event.priority}"
+                f" mark={event.mark} type={sock_type_name(event.type)}"
+            )
+        has_socket = bool(event.sock_flags & SOCK_HAS_SOCKET)
+        if spec.socket_info:
+            tail += (
+                f" state={socket_state_name(event.socket_state)} type={sock_type_name(event.socket_type)}"
+                f" flags={event.socket_flags:#x} f_ino={event.socket_ino}"
+                if has_socket
+                else " socket=none"
+            )
+        tail += f" sk=0x{event.sk:x}" + (f" ino={event.socket_ino}" if has_socket else "")
+        if len(self._sock) >= MAX_CACHED:
+            self._sock.clear()
+        self._sock[raw[SOCKET_PART[0] : SOCKET_PART[1]]] = (head, tail)
+        return head, tail

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from socketrace.btf import Btf, FuncProto, load_btf_file
+from socketrace.contract import ArgKind, ReturnKind
 from socketrace.discovery import (
-    ArgKind,
     DiscoveryError,
     Probe,
     ProbeKind,

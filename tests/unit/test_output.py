@@ -1,4 +1,4 @@
-"""Decoding raw records and formatting lines, on synthetic events."""
+"""Formatting raw records: the table, JSON lines, timestamps, the summary and the exit report."""
 
 from __future__ import annotations
 
@@ -7,22 +7,24 @@ import ipaddress
 import json
 import re
 import struct
-from pathlib import Path
 
-from socketrace.events import EVENT_SIZE, Event, decode_record
+from socketrace.contract import EVENT_RETURN, EVENT_SIZE, NO_PROBE_ID, SOCK_HAS_SOCKET, Counter, Event, ReturnKind
+from socketrace.events import ProbeCount, SockCount, SummarySnapshot, TaskCount, decode_record
 from socketrace.options import OutputSpec, Timestamp
 from socketrace.output.clock import EventClock
 from socketrace.output.json import JsonFormatter
-from socketrace.output.summary import Summary
+from socketrace.output.report import Delivery, KernelRuns, accounting_lines
+from socketrace.output.summary import SummaryRenderer
 from socketrace.output.text import TextFormatter, header
-from socketrace.symbols import KernelSymbols, ProbeNames, format_return
+from socketrace.symbols import KernelSymbols, ProbeTable, format_return
 
 AF_INET, AF_INET6, AF_NETLINK, AF_UNIX = 2, 10, 16, 1
+SK = 0xFFFF888012345678
 
 
 def make_event(**fields: object) -> Event:
     event = Event(cpu=5, tgid=926, pid=926, comm=b"sshd", netns=4026531840, family=AF_INET, protocol=6, probe_id=0)
-    event.sk = 0xFFFF888012345678
+    event.sk = SK
     for name, value in fields.items():
         if name in ("saddr", "daddr"):
             packed = ipaddress.ip_address(value).packed  # type: ignore[arg-type]
@@ -32,8 +34,15 @@ def make_event(**fields: object) -> Event:
     return event
 
 
-def formatter(**spec: bool) -> TextFormatter:
-    return TextFormatter(OutputSpec(**spec), ProbeNames(["tcp_sendmsg"]).name_of)
+def raw(**fields: object) -> bytes:
+    return bytes(make_event(**fields))
+
+
+PROBES = ProbeTable(["tcp_sendmsg", "inet_bind", "sk_is_readable"], None, [ReturnKind.SIGNED, ReturnKind.SIGNED, ReturnKind.BOOL])
+
+
+def formatter(**spec: object) -> TextFormatter:
+    return TextFormatter(OutputSpec(**spec), PROBES)  # type: ignore[arg-type]
 
 
 def test_header_has_the_originals_widths() -> None:
@@ -41,8 +50,7 @@ def test_header_has_the_originals_widths() -> None:
 
 
 def test_ipv4_line_like_the_original() -> None:
-    event = make_event(saddr="192.168.64.2", sport=22, daddr="192.168.64.1", dport=55856, state=1)
-    line = formatter().format(decode_record(bytes(event)))
+    line = formatter().format(raw(saddr="192.168.64.2", sport=22, daddr="192.168.64.1", dport=55856, state=1))
     assert line == (
         "5   926(sshd)                        tcp_sendmsg                      "
         "192.168.64.2:22 -> 192.168.64.1:55856 netns=4026531840 family=AF_INET protocol=IPPROTO_TCP"
@@ -51,14 +59,12 @@ def test_ipv4_line_like_the_original() -> None:
 
 
 def test_ipv6_line() -> None:
-    event = make_event(family=AF_INET6, protocol=17, saddr="::1", sport=5000, daddr="fe80::2", dport=53)
-    line = formatter().format(decode_record(bytes(event)))
+    line = formatter().format(raw(family=AF_INET6, protocol=17, saddr="::1", sport=5000, daddr="fe80::2", dport=53))
     assert "[::1]:5000 -> [fe80::2]:53 netns=4026531840 family=AF_INET6 protocol=IPPROTO_UDP" in line
 
 
 def test_netlink_protocol_by_name_and_no_tuple() -> None:
-    event = make_event(family=AF_NETLINK, protocol=0)
-    line = formatter().format(decode_record(bytes(event)))
+    line = formatter().format(raw(family=AF_NETLINK, protocol=0))
     assert line.endswith(
         "family=AF_NETLINK protocol=NETLINK_ROUTE portid=0 dst_portid=0 groups=0x0 sk=0xffff888012345678"
     )
@@ -66,95 +72,97 @@ def test_netlink_protocol_by_name_and_no_tuple() -> None:
 
 
 def test_extra_fields() -> None:
-    event = make_event(
+    record = raw(
         state=1,
         reuseport=1,
         bound_dev_if=3,
         rx_dst_ifindex=2,
-        backlog_len=0,
         rcvbuf=131072,
         sndbuf=16384,
-        priority=0,
         mark=9,
         type=1,
-        flags=1,
+        sock_flags=SOCK_HAS_SOCKET,
         socket_state=3,
         socket_type=1,
-        socket_flags=0,
         socket_ino=12345,
     )
-    line = formatter(sock_common=True, sock_info=True, socket_info=True).format(decode_record(bytes(event)))
+    line = formatter(sock_common=True, sock_info=True, socket_info=True).format(record)
     assert "state=ESTABLISHED reuseport=true bound_ifindex=3" in line
     assert "rx_dst_ifindex=2 backlog_len=0 rcv_buff=131072 snd_buff=16384 priority=0 mark=9 type=SOCK_STREAM" in line
     assert line.endswith("state=CONNECTED type=SOCK_STREAM flags=0x0 f_ino=12345 sk=0xffff888012345678 ino=12345")
 
 
+def test_cached_text_follows_the_bytes_it_came_from() -> None:
+    """The caches are keyed by record bytes: a changed port, task or function gives a new line."""
+    table = formatter()
+    first = table.format_batch([raw(sport=1, dport=2), raw(sport=1, dport=2, probe_id=1), raw(sport=3, dport=2)])
+    lines = first.splitlines()
+    assert "tcp_sendmsg" in lines[0] and "inet_bind" in lines[1]
+    assert "0.0.0.0:1 ->" in lines[0] and "0.0.0.0:3 ->" in lines[2]
+    assert table.format(raw(sport=1, dport=2, tgid=7, comm=b"nc")).startswith("5   7(nc) ")
+
+
 def test_stack_follows_the_event_and_is_symbolized() -> None:
-    event = make_event(stack_bytes=16)
-    raw = bytes(event) + struct.pack("<QQ", 0x1010, 0x2000) + b"\0" * 48
-    record = decode_record(raw)
-    assert record.stack == (0x1010, 0x2000)
+    record = raw(stack_bytes=16) + struct.pack("=QQ", 0x1010, 0x2000) + b"\0" * 48
+    assert decode_record(record).stack == (0x1010, 0x2000)
     symbols = KernelSymbols([(0x1000, "tcp_sendmsg"), (0x2000, "sock_sendmsg")])
-    spec = OutputSpec(stack=True)
-    lines = TextFormatter(spec, ProbeNames(["tcp_sendmsg"]).name_of, symbols).format(record).splitlines()
+    lines = TextFormatter(OutputSpec(stack=True), PROBES, symbols).format(record).splitlines()
     assert lines[1:] == ["    tcp_sendmsg+0x10", "    sock_sendmsg"]
 
 
-def test_event_size_is_pinned() -> None:
-    assert ctypes.sizeof(Event) == EVENT_SIZE == 296
-
-
 def test_classic_kprobe_events_are_named_from_their_address() -> None:
-    names = ProbeNames(["tcp_sendmsg", "udp_sendmsg"], {"tcp_sendmsg": 0x1000, "udp_sendmsg": 0x2000})
+    names = ProbeTable(["tcp_sendmsg", "udp_sendmsg"], {"tcp_sendmsg": 0x1000, "udp_sendmsg": 0x2000})
     assert names.name_of(1, 0) == "udp_sendmsg"  # probe id (tracepoints, kprobe-multi)
-    assert names.name_of(ProbeNames.NO_PROBE_ID, 0x2000) == "udp_sendmsg"  # bpf_get_func_ip
-    assert names.name_of(ProbeNames.NO_PROBE_ID, 0x1001) == "tcp_sendmsg"  # ip past the breakpoint
-    assert names.name_of(ProbeNames.NO_PROBE_ID, 0x1800) == "unknown+0x1800"
+    assert names.name_of(NO_PROBE_ID, 0x2000) == "udp_sendmsg"  # bpf_get_func_ip
+    assert names.name_of(NO_PROBE_ID, 0x1001) == "tcp_sendmsg"  # ip past the breakpoint
+    assert names.name_of(NO_PROBE_ID, 0x1800) == "unknown+0x1800"
 
 
-def test_event_size_matches_the_c_header() -> None:
-    header_text = (Path(__file__).parents[2] / "bpf" / "socketrace.h").read_text()
-    assert f"#define EVENT_SIZE {EVENT_SIZE}" in header_text
+def test_return_values_as_their_type_reads() -> None:
+    assert format_return(-98, 12_345, ReturnKind.SIGNED) == "ret=-98 errno=EADDRINUSE duration=12.3us"
+    assert format_return(0, 1000, ReturnKind.VOID) == "duration=1.0us"  # void: no ret=
+    assert format_return(1, 1000, ReturnKind.BOOL) == "ret=true duration=1.0us"
+    pointer = 0xFFFF888000001000 - (1 << 64)
+    assert format_return(pointer, 1000, ReturnKind.POINTER) == "ret=0xffff888000001000 duration=1.0us"
+    assert format_return(-12, 1000, ReturnKind.POINTER) == "ret=0xfffffffffffffff4 errno=ENOMEM duration=1.0us"
+    assert format_return(4294967198, 1000, ReturnKind.UNSIGNED) == "ret=4294967198 duration=1.0us"
+    line = formatter().format(raw(flags=EVENT_RETURN, retval=-98, duration_ns=12_345, probe_id=1))
+    assert "protocol=IPPROTO_TCP ret=-98 errno=EADDRINUSE duration=12.3us state=0 sk=" in line
 
 
 def test_json_has_every_field_even_when_zero() -> None:
-    event = make_event(saddr="::1", daddr="::1", family=AF_INET6, sport=0, dport=0, ts_ns=5_000)
-    clock = EventClock(Timestamp.NONE)
-    line = JsonFormatter(ProbeNames(["tcp_sendmsg"]).name_of, clock, None).format(decode_record(bytes(event)))
-    fields = json.loads(line)
+    event = raw(saddr="::1", daddr="::1", family=AF_INET6, sport=0, dport=0, ts_ns=5_000)
+    fields = json.loads(JsonFormatter(PROBES, EventClock(Timestamp.NONE), None).format(event))
     assert fields["func"] == "tcp_sendmsg"
     assert (fields["saddr"], fields["sport"], fields["family"]) == ("::1", 0, "AF_INET6")
     assert fields["sk"] == "0xffff888012345678"
     assert fields["ino"] is None and fields["socket_state"] is None  # no struct socket
     assert fields["stack"] == [] and fields["mark"] == 0 and fields["delta_ns"] == 0
-    assert set(fields) >= {"time", "ts_ns", "relative_ns", "cpu", "pid", "tid", "comm", "protocol", "netns"}
-    unix = json.loads(
-        JsonFormatter(ProbeNames(["x"]).name_of, clock, None).format(decode_record(bytes(make_event(family=AF_UNIX))))
-    )
+    assert fields["ret"] is None and fields["duration_ns"] is None  # an entry, not a return
+    unix = json.loads(JsonFormatter(PROBES, EventClock(Timestamp.NONE), None).format(raw(family=AF_UNIX)))
     assert unix["saddr"] is None and unix["daddr"] is None
+    assert set(unix) == set(fields)
+
+
+def test_json_return_values() -> None:
+    clock = EventClock(Timestamp.NONE)
+    failed = json.loads(
+        JsonFormatter(PROBES, clock, None).format(raw(flags=EVENT_RETURN, retval=-98, duration_ns=5, probe_id=1))
+    )
+    assert (failed["ret"], failed["errno"], failed["duration_ns"]) == (-98, "EADDRINUSE", 5)
+    readable = json.loads(JsonFormatter(PROBES, clock, None).format(raw(flags=EVENT_RETURN, retval=1, probe_id=2)))
+    assert readable["ret"] is True and readable["errno"] is None
 
 
 def test_delta_is_per_socket() -> None:
     clock = EventClock(Timestamp.DELTA)
-    first_a = clock.stamp(make_event(sk=1, ts_ns=1_000))
-    first_b = clock.stamp(make_event(sk=2, ts_ns=1_500))
-    second_a = clock.stamp(make_event(sk=1, ts_ns=4_000))
+    first_a, first_b, second_a = clock.stamp(1, 1_000), clock.stamp(2, 1_500), clock.stamp(1, 4_000)
     assert (first_a.delta_ns, first_b.delta_ns, second_a.delta_ns) == (0, 0, 3_000)
     assert clock.column(second_a) == "+0.000003"
-
-
-def test_summary_counts_and_starts_a_new_period() -> None:
-    summary = Summary(ProbeNames(["tcp_sendmsg", "tcp_recvmsg"]).name_of, top=5)
-    for probe_id in (0, 0, 1):
-        summary.add(
-            decode_record(bytes(make_event(probe_id=probe_id, saddr="10.0.0.1", daddr="10.0.0.2", sport=1, dport=2)))
-        )
-    text = summary.render(1.0)
-    assert "=== 3 events in 1.0 s ===" in text
-    assert re.search(r"^tcp_sendmsg\s+2$", text, re.M) and re.search(r"^tcp_recvmsg\s+1$", text, re.M)
-    assert re.search(r"^0xffff888012345678 10.0.0.1:1 -> 10.0.0.2:2 AF_INET IPPROTO_TCP\s+3$", text, re.M)
-    assert re.search(r"^926\(sshd\)\s+3$", text, re.M)
-    assert "=== 0 events" in summary.render(1.0)
+    lines = TextFormatter(OutputSpec(), PROBES, None, EventClock(Timestamp.DELTA)).format_batch(
+        [raw(ts_ns=1_000), raw(ts_ns=2_500)]
+    )
+    assert [line.split()[0] for line in lines.splitlines()] == ["+0.000000", "+0.000002"]
 
 
 def test_unix_path_peer_and_abstract_names() -> None:
@@ -163,34 +171,54 @@ def test_unix_path_peer_and_abstract_names() -> None:
     path = b"/run/app.sock"
     event.detail.unix_sk.path_len = len(path)
     ctypes.memmove(ctypes.addressof(event.detail.unix_sk) + 12, path, len(path))
-    line = formatter().format(decode_record(bytes(event)))
+    line = formatter().format(bytes(event))
     assert "family=AF_UNIX protocol=0 path=/run/app.sock peer=0xffff888000001000 sk=" in line
     ctypes.memmove(ctypes.addressof(event.detail.unix_sk) + 12, b"\0abstract", 9)
     event.detail.unix_sk.path_len = 9
-    assert decode_record(bytes(event)).event.unix_path == "@abstract"
+    assert "path=@abstract peer=" in formatter().format(bytes(event))
 
 
-def test_return_value_errno_and_duration() -> None:
-    event = make_event(flags=2, retval=-98, duration_ns=12_345)
-    line = formatter().format(decode_record(bytes(event)))
-    assert "ret=-98 errno=EADDRINUSE duration=12.3us" in line
-    assert format_return(0xFFFF888000001000 - (1 << 64), 1000) == "ret=0xffff888000001000 duration=1.0us"
-    fields = json.loads(
-        JsonFormatter(ProbeNames(["tcp_sendmsg"]).name_of, EventClock(Timestamp.NONE), None).format(
-            decode_record(bytes(event))
-        )
+def test_summary_counts_per_period() -> None:
+    renderer = SummaryRenderer(PROBES, top=5)
+    tuple_ = (bytes([10, 0, 0, 1]) + bytes(12), bytes([10, 0, 0, 2]) + bytes(12))
+    first = SummarySnapshot(
+        {0: ProbeCount(2, 0, 0, (0,) * 32), 1: ProbeCount(1, 0, 0, (0,) * 32)},
+        {SK: SockCount(3, 1, AF_INET, 6, tuple_[0], 1, tuple_[1], 2)},
+        {926: TaskCount(3, "sshd")},
     )
-    assert (fields["ret"], fields["errno"], fields["duration_ns"]) == (-98, "EADDRINUSE", 12_345)
-    entry = json.loads(
-        JsonFormatter(ProbeNames(["tcp_sendmsg"]).name_of, EventClock(Timestamp.NONE), None).format(
-            decode_record(bytes(make_event()))
-        )
-    )
-    assert entry["ret"] is None and entry["duration_ns"] is None
+    text = renderer.render(first, SummarySnapshot({}, {}, {}), 3, 1.0)
+    assert "=== 3 events in 1.0 s ===" in text
+    assert re.search(r"^tcp_sendmsg\s+2$", text, re.M) and re.search(r"^inet_bind\s+1$", text, re.M)
+    assert re.search(r"^0xffff888012345678 10.0.0.1:1 -> 10.0.0.2:2 AF_INET IPPROTO_TCP\s+3$", text, re.M)
+    assert re.search(r"^926\(sshd\)\s+3$", text, re.M)
+    second = SummarySnapshot({0: ProbeCount(5, 0, 0, (0,) * 32)}, {}, {926: TaskCount(3, "sshd")})
+    later = renderer.render(second, first, 3, 1.0)
+    assert re.search(r"^tcp_sendmsg\s+3$", later, re.M)  # the period's growth, not the total
+    assert "926(sshd)" not in later  # nothing new from it
 
 
-def test_summary_latency_per_function() -> None:
-    summary = Summary(ProbeNames(["inet_bind"]).name_of, top=5)
-    for duration in (1_000, 3_000):
-        summary.add(decode_record(bytes(make_event(flags=2, retval=0, duration_ns=duration))))
-    assert re.search(r"^inet_bind avg 2.0us max 3.0us\s+2$", summary.render(1.0), re.M)
+def test_summary_latency_and_histogram() -> None:
+    buckets = [0] * 32
+    buckets[10], buckets[11] = 1, 3  # [1K, 2K) once, [2K, 4K) three times
+    snapshot = SummarySnapshot({1: ProbeCount(4, 8_000, 3_500, tuple(buckets))}, {}, {})
+    text = SummaryRenderer(PROBES, top=5).render(snapshot, SummarySnapshot({}, {}, {}), 4, 1.0)
+    assert re.search(r"^inet_bind avg 2.0us max 3.5us\s+4$", text, re.M), text
+    assert re.search(r"^\[1K, 2K\)\s+1 \|@+\s*\|$", text, re.M) and re.search(r"^\[2K, 4K\)\s+3 \|@{40}\|$", text, re.M)
+
+
+def test_accounting_line_adds_up() -> None:
+    counters = dict.fromkeys(Counter, 0)
+    counters.update({Counter.EMITTED: 10, Counter.BUFFER_FULL: 4, Counter.NESTED: 1, Counter.NO_SOCK: 2})
+    counters.update({Counter.FILTERED: 30, Counter.NOT_TRACING: 3})
+    lines = accounting_lines(counters, Delivery(10), KernelRuns(50, None, 0))
+    assert lines == [
+        "10 events printed, 5 dropped (buffer full: 4, nested: 1), 2 probe runs without a socket,"
+        " 30 filtered out, 3 before ready or after stop: 50 probe runs (the kernel counted 50)"
+    ]
+    summary = accounting_lines(counters, Delivery(10, summary=True), KernelRuns(None, None, 7))
+    assert summary[0].startswith("10 events counted, 5 dropped") and "kernel counted" not in summary[0]
+    assert summary[1] == "7 probe hits skipped by the kernel (a BPF program was already running)"
+
+
+def test_event_size() -> None:
+    assert ctypes.sizeof(Event) == EVENT_SIZE == 312

@@ -6,7 +6,8 @@ import ipaddress
 import re
 import sys
 
-from socketrace.discovery import MISSING_FIELD, ArgKind, Discovery, FieldLocation, Probe, ProbeKind
+from socketrace.contract import ArgKind
+from socketrace.discovery import MISSING_FIELD, Discovery, FieldLocation, Probe, ProbeKind
 from socketrace.features import Features
 from socketrace.options import AttachWay, Filters, Options, OutputSpec
 from socketrace.program import kernel_version_code, macro_definitions, plan_program, program_listing
@@ -17,7 +18,9 @@ FIELDS = {
     "SK_GONE": MISSING_FIELD,
 }
 RING = Features(ring_buffer=True, kprobes=False)
-INTEGER_LIST = re.compile(r"^-?\d+U?(,-?\d+)*$")
+INTEGER_LIST = re.compile(r"^-?\d+(U|ULL)?(,-?\d+)*$")
+# Macros whose value is an entry point's name: identifiers made by socketrace.contract, never user input.
+NAME_MACROS = {"KPROBE_MULTI_ENTRY_NAME", "KPROBE_MULTI_RETURN_NAME", "SHARED_HANDLER_NAME"}
 
 
 def _macros(**filters: object) -> dict[str, str]:
@@ -83,13 +86,17 @@ def test_every_macro_is_integers_only() -> None:
     plan = plan_program(options, Discovery([], probes, dict(FIELDS)), AttachWay.TRACEPOINT, RING)
     for name, value in plan.macros.items():
         if name == "RAW_TRACEPOINTS":
-            assert value == "RAWTP(0,0,0)RAWTP(1,1,2)"
+            assert value == "RAWTP(rawtp_0,0,0,0)RAWTP(rawtp_1,1,1,2)"
+        elif name in NAME_MACROS:
+            assert re.fullmatch(r"[a-z_]+", value), (name, value)
         else:
             assert INTEGER_LIST.match(value), (name, value)
+    assert [entry.name for entry in plan.entries] == ["rawtp_0", "rawtp_1"]
+    assert plan.shared_handler is not None and plan.shared_handler.name == "shared_handler"
     assert "-DFILTER_PORT=5" in plan.cflags
     listing = program_listing(plan)
     assert "#define FILTER_PORT 5" in listing
-    assert "int handle_probe" in listing or "handle_probe(" in listing
+    assert "int SHARED_HANDLER_NAME(void *ctx)" in listing
 
 
 def test_kernel_version_code() -> None:
@@ -103,3 +110,36 @@ def test_track_sock_and_json_outputs() -> None:
     macros = macro_definitions(options, FIELDS, RING)
     assert macros["TRACK_SOCK"] == "1"
     assert macros["OUTPUT_SOCK_INFO"] == "1" and macros["OUTPUT_SOCKET_INFO"] == "1"  # JSON carries every field
+
+
+def test_spans_cover_the_fields_they_copy() -> None:
+    fields = {
+        "SK_FAMILY": FieldLocation(16, 2, 0, 16),
+        "SK_V6_RCV_SADDR": FieldLocation(72, 16, 0, 128),
+        "SK_MARK": FieldLocation(524, 4, 0, 32),
+        "SK_SNDBUF": FieldLocation(568, 4, 0, 32),
+        "SOCKET_STATE": FieldLocation(0, 4, 0, 32),
+        "SOCKET_INODE_INO": FieldLocation(192, 8, 0, 64),
+        "SK_GONE": MISSING_FIELD,
+    }
+    macros = macro_definitions(Options(), fields, RING)
+    assert (macros["SK_COMMON_SPAN"], macros["SK_SPAN"], macros["SOCKET_SPAN"]) == ("88", "576", "200")
+    far = dict(fields, SK_SNDBUF=FieldLocation(5000, 4, 0, 32))  # a debug kernel's giant struct sock
+    assert macro_definitions(Options(), far, RING)["SK_SPAN"] == "1024"  # capped; the C reads the rest alone
+
+
+def test_kprobe_multi_entries_and_return_program() -> None:
+    discovery = Discovery([Probe("tcp_sendmsg", 0, ArgKind.SOCK, ProbeKind.FUNCTION)], [], dict(FIELDS))
+    features = Features(ring_buffer=True, kprobes=True, kprobe_multi=True, bcc_kprobe_multi=True)
+    plain = plan_program(Options(), discovery, AttachWay.KPROBE_MULTI, features)
+    assert [entry.name for entry in plain.entries] == ["kprobe_multi_entry"] and plain.shared_handler is None
+    returns = plan_program(Options(output=OutputSpec(return_values=True)), discovery, AttachWay.KPROBE_MULTI, features)
+    assert [entry.name for entry in returns.entries] == ["kprobe_multi_entry", "kprobe_multi_return"]
+    assert returns.macros["OUTPUT_RETURN"] == "1"
+
+
+def test_summary_is_counted_in_the_kernel() -> None:
+    probes = [Probe(name, 0, ArgKind.SOCK, ProbeKind.TRACEPOINT) for name in ("a", "b", "c")]
+    options = Options(output=OutputSpec(summary=True))
+    plan = plan_program(options, Discovery([], probes, dict(FIELDS)), AttachWay.TRACEPOINT, RING)
+    assert plan.macros["OUTPUT_SUMMARY"] == "1" and plan.macros["SUMMARY_PROBES"] == "3"

@@ -1,0 +1,73 @@
+"""A small on-disk cache of JSON values, for answers that only change with the kernel.
+
+Scanning a kernel's BTF for the functions that take a socket is the slowest
+part of starting up (seconds under emulation), and its answer only changes
+when the kernel does. Entries are keyed by what identifies the input (a build
+id, a content hash) plus socketrace's own version, written atomically, and
+never trusted blindly: anything unreadable is a miss. A cache that cannot be
+written (read-only or full disk) costs speed, never a failure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+__all__ = ["cache_dir", "cached"]
+
+log = logging.getLogger("socketrace")
+
+# Bumped whenever what is cached changes meaning; part of every key.
+SCHEMA = "2"
+
+
+def cache_dir() -> Path | None:
+    """``$SOCKETRACE_CACHE_DIR`` ("off" disables), else /var/cache/socketrace for root
+    (sudo may keep a user's HOME: root's files do not belong there), else the XDG cache."""
+    configured = os.environ.get("SOCKETRACE_CACHE_DIR")
+    if configured == "off":
+        return None
+    if configured:
+        return Path(configured)
+    if os.geteuid() == 0:
+        return Path("/var/cache/socketrace")
+    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(xdg) / "socketrace"
+
+
+def cached(kind: str, key: str, build: Callable[[], Any]) -> Any:
+    """``build()``'s JSON-serialisable value, from the cache when ``kind``/``key`` is there."""
+    directory = cache_dir()
+    if directory is None:
+        return build()
+    digest = hashlib.sha256(f"{SCHEMA}\0{key}".encode()).hexdigest()[:32]
+    path = directory / f"{kind}-{digest}.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        pass
+    value = build()
+    _store(directory, kind, path, value)
+    return value
+
+
+def _store(directory: Path, kind: str, path: Path, value: Any) -> None:
+    """Write atomically (a reader never sees half a file); give up quietly when the disk says no."""
+    tmp_path = None
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, tmp_path = tempfile.mkstemp(dir=directory, prefix=f".{kind}-", suffix=".json")
+        with os.fdopen(fd, "w") as tmp:
+            json.dump(value, tmp, separators=(",", ":"))
+        os.replace(tmp_path, path)
+    except OSError as err:
+        log.debug("cannot cache %s in %s: %s", kind, directory, err)
+        if tmp_path is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp_path)

@@ -1,0 +1,80 @@
+"""SIGINT, SIGTERM and SIGHUP, handled from the first instruction to the last.
+
+Until tracing starts, a signal raises :class:`StopRequested` wherever Python
+is (importing, discovering, compiling, attaching); it is a BaseException,
+like KeyboardInterrupt, so no ``except Exception`` (BCC's or ours) can swallow
+it, and everything attached is detached as it unwinds. The run then ends with
+128 + the signal's number. While tracing and detaching, signals are
+:func:`deferred`: remembered, never raised, so one that arrives inside a
+ring-buffer callback cannot be lost there, and a second Ctrl+C cannot abandon
+a detach halfway. The tracing loop asks :func:`requested` after every poll
+(a signal also cuts the poll short).
+
+This module imports nothing heavy: the entry point installs the handlers
+before importing the rest of socketrace.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+from collections.abc import Iterator
+
+__all__ = ["StopRequested", "defer_from_now", "deferred", "install", "requested"]
+
+HANDLED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class StopRequested(BaseException):
+    """A signal asked socketrace to stop before tracing started."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+    @property
+    def exit_status(self) -> int:
+        """As shells report a death by this signal: 130 for SIGINT, 143 for SIGTERM."""
+        return 128 + self.signum
+
+
+_deferring = False
+_pending: int | None = None
+
+
+def _handler(signum: int, _frame: object) -> None:
+    global _pending
+    if _deferring:
+        _pending = _pending or signum
+        return
+    raise StopRequested(signum)
+
+
+def install() -> None:
+    """Handle the signals from now on, even where SIGINT was ignored at start (a background
+    job of a non-interactive shell), as `kill -INT` users expect."""
+    for signum in HANDLED:
+        signal.signal(signum, _handler)
+
+
+@contextlib.contextmanager
+def deferred() -> Iterator[None]:
+    """Within the block, signals are remembered for :func:`requested` instead of raised."""
+    global _deferring
+    previous = _deferring
+    _deferring = True
+    try:
+        yield
+    finally:
+        _deferring = previous
+
+
+def defer_from_now() -> None:
+    """For the last instructions (reporting, exiting): a late signal must not raise in an atexit handler."""
+    global _deferring
+    _deferring = True
+
+
+def requested() -> int | None:
+    """The signal that asked to stop while deferred, if any."""
+    return _pending
