@@ -27,9 +27,9 @@ def header_btf(tmp_path_factory: pytest.TempPathFactory) -> Btf:
     source.write_text('#include <linux/types.h>\n#include "socketrace.h"\nstruct event event_layout;\n')
     macros = [f"-D{name}={value}" for name, value in contract.contract_macros().items()]
     obj = work / "layout.o"
+    includes = ["-I", str(BPF_DIR / "include"), "-I", str(BPF_DIR)]
     subprocess.run(
-        [clang, "-g", "-O0", "-target", "bpf", "-I", str(BPF_DIR / "include"), "-I", str(BPF_DIR), *macros]
-        + ["-c", str(source), "-o", str(obj)],
+        [clang, "-g", "-O0", "-target", "bpf", *includes, *macros, "-c", str(source), "-o", str(obj)],
         check=True,
         timeout=60,
     )

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from socketrace.btf import Btf, FuncProto, load_btf_file
-from socketrace.contract import ArgKind, ReturnKind
+from socketrace.contract import ArgKind
 from socketrace.discovery import (
     DiscoveryError,
     Probe,

@@ -38,7 +38,9 @@ def raw(**fields: object) -> bytes:
     return bytes(make_event(**fields))
 
 
-PROBES = ProbeTable(["tcp_sendmsg", "inet_bind", "sk_is_readable"], None, [ReturnKind.SIGNED, ReturnKind.SIGNED, ReturnKind.BOOL])
+PROBES = ProbeTable(
+    ["tcp_sendmsg", "inet_bind", "sk_is_readable"], None, [ReturnKind.SIGNED, ReturnKind.SIGNED, ReturnKind.BOOL]
+)
 
 
 def formatter(**spec: object) -> TextFormatter:
