@@ -777,20 +777,33 @@ KPROBES
 #ifdef KPROBE_MULTI
 #define COOKIE(cookie, part) (((cookie) >> COOKIE_##part##_SHIFT) & COOKIE_##part##_MASK)
 
-/* The cookie's argument register; the verifier wants a constant context offset for each. */
+/* A context register read at a constant offset, written as the instruction
+ * itself: as C, clang merges the loads of a switch into one at a computed
+ * offset, which the verifier refuses for the context. */
+static __always_inline u64 ctx_reg(void *ctx, const int offset)
+{
+	u64 value;
+
+	asm volatile("%[value] = *(u64 *)(%[ctx] + %[offset])"
+		     : [value] "=r"(value)
+		     : [ctx] "r"(ctx), [offset] "i"(offset));
+	return value;
+}
+
+/* The cookie's argument register. */
 static __always_inline u64 cookie_arg(void *ctx, u64 cookie)
 {
 	switch (COOKIE(cookie, ARG_INDEX)) {
 	case 0:
-		return REG(ctx, REG_ARG0);
+		return ctx_reg(ctx, REG_ARG0);
 	case 1:
-		return REG(ctx, REG_ARG1);
+		return ctx_reg(ctx, REG_ARG1);
 	case 2:
-		return REG(ctx, REG_ARG2);
+		return ctx_reg(ctx, REG_ARG2);
 	case 3:
-		return REG(ctx, REG_ARG3);
+		return ctx_reg(ctx, REG_ARG3);
 	default:
-		return REG(ctx, REG_ARG4);
+		return ctx_reg(ctx, REG_ARG4);
 	}
 }
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from . import bpfsys
 
-__all__ = ["AVAILABLE_FILTER_FUNCTIONS", "Features", "detect_features"]
+__all__ = ["AVAILABLE_FILTER_FUNCTIONS", "Features", "detect_features", "verifiable_kinds"]
 
 # What ftrace can patch, hence what kprobes can attach to (tracefs, or tracefs under debugfs).
 AVAILABLE_FILTER_FUNCTIONS = (
@@ -53,9 +53,23 @@ def detect_features() -> Features:
         ring_buffer=_has_ring_buffer(),
         kprobes=kprobes,
         kprobe_multi=kprobes and _has_kprobe_multi(),
-        get_func_ip=kprobes and _can_load(_CALL_GET_FUNC_IP),
+        get_func_ip=_can_load(_CALL_GET_FUNC_IP),
         bcc_kprobe_multi=_bcc_loads_with_attach_type(),
     )
+
+
+def verifiable_kinds() -> list[str]:
+    """Backends whose programs this kernel's verifier accepts, whether or not it can attach them
+    (a kernel without CONFIG_KPROBES still verifies kprobe programs): what a load-only test can cover."""
+    kinds = ["tracepoint"]
+    if _can_load(_RETURN_ZERO):
+        kinds.append("kprobe")
+        fd = _loads(_RETURN_ZERO, bpfsys.BPF_TRACE_KPROBE_MULTI)
+        if fd is not None:
+            os.close(fd)
+            if _bcc_loads_with_attach_type():
+                kinds.append("kprobe-multi")
+    return kinds
 
 
 def _bcc_loads_with_attach_type() -> bool:

@@ -41,7 +41,7 @@ CPU_WIDTH = 3
 PROCESS_WIDTH = 32
 FUNC_WIDTH = 32
 TIME_WIDTH = 15
-MAX_CACHED = 65_536  # entries per cache; a busy host's sockets and tasks fit, a flood of new ones is bounded
+MAX_CACHED = 16_384  # entries per cache (a few MiB): a busy host fits, a flood of new sockets is bounded
 
 _WHO = struct.Struct("=QIII16s")  # func_ip, cpu, probe_id, tgid, comm
 _RETURN = struct.Struct("=qQ")  # retval, duration_ns

@@ -1,10 +1,24 @@
-"""Running socketrace for real: a tracer subprocess and real traffic on this kernel."""
+"""Running socketrace for real: a tracer subprocess and real traffic on the running kernel.
+
+Every end-to-end test takes a ``backend``: it runs once per backend the
+running kernel offers (tracepoint everywhere; kprobe and kprobe-multi where
+the kernel has them), or once per backend its ``@pytest.mark.backends(...)``
+names among those. What a backend can see depends on the kernel (6.1 has no
+raw tracepoint for a UDP send), so :class:`Backend` says which function shows
+which traffic, and a test that needs something a backend cannot show is not
+generated for it. Every wait is bounded.
+
+``SOCKETRACE_COMMAND`` runs another build than this checkout's (an installed
+wheel, the zipapp); ``SOCKETRACE_REQUIRE_KERNEL_TESTS=1`` (CI) turns every
+would-be skip into a failure.
+"""
 
 from __future__ import annotations
 
 import json
 import os
 import re
+import shlex
 import signal
 import socket
 import subprocess
@@ -13,6 +27,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 import pytest
@@ -20,17 +35,136 @@ import pytest
 from ..conftest import require, require_tool
 
 READY_LINE = "Press Ctrl+C to stop"
+ROOT = Path(__file__).parents[2]
+COMMAND = shlex.split(os.environ.get("SOCKETRACE_COMMAND", "")) or [sys.executable, "-m", "socketrace"]
+ALL_WAYS = ("tracepoint", "kprobe", "kprobe-multi")
+# Enough functions for the checks, few enough that classic kprobes attach in seconds under emulation.
+KPROBE_SET = (
+    "(tcp|udp|udpv6|inet|inet6|unix_stream|unix_dgram|netlink)_sendmsg|tcp_v4_connect|tcp_v6_connect|"
+    "sock_sendmsg|inet_bind|__inet_bind|inet_bind_sk|inet_listen|tcp_close|inet_release|sk_destruct|tcp_recvmsg"
+)
+# What shows each kind of traffic, per kind of backend: (function or tracepoint names, as the event's FUNC).
+KPROBE_SEES = {
+    "tcp": ("tcp_sendmsg",),
+    "udp": ("udp_sendmsg",),
+    "udp6": ("udpv6_sendmsg",),
+    "unix": ("unix_stream_sendmsg",),
+    "netlink": ("netlink_sendmsg",),
+}
 
 
 def _bcc_importable() -> bool:
-    return subprocess.run([sys.executable, "-c", "import bcc"], capture_output=True).returncode == 0
+    return subprocess.run([sys.executable, "-c", "import bcc"], capture_output=True, timeout=60).returncode == 0
+
+
+def _kernel_ready() -> str | None:
+    """Why this machine cannot run the kernel tier, or None."""
+    if os.geteuid() != 0:
+        return "tracing needs root"
+    if not Path("/sys/kernel/btf/vmlinux").exists():
+        return "the kernel has no BTF"
+    if not _bcc_importable():
+        return "BCC's Python module (python3-bpfcc) is not importable"
+    return None
+
+
+@cache
+def kernel_ways() -> tuple[str, ...]:
+    """The backends this kernel and BCC offer, best first (as socketrace chooses)."""
+    if _kernel_ready() is not None:
+        return ()
+    from socketrace.attach import available_ways
+    from socketrace.features import detect_features
+
+    return tuple(way.value for way in available_ways(detect_features()))
+
+
+@cache
+def kernel_tracepoints() -> frozenset[str]:
+    """Raw tracepoints that take a sock on this kernel."""
+    if _kernel_ready() is not None:
+        return frozenset()
+    listing = subprocess.run(
+        [*COMMAND, "--list-funcs", "tracepoint"], capture_output=True, text=True, timeout=300, check=True
+    ).stdout
+    return frozenset(line.strip() for line in listing.splitlines() if line.startswith("  "))
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One backend on this kernel: the flags that force it, and what it can see."""
+
+    way: str
+    tracepoints: frozenset[str]
+
+    @property
+    def is_kprobe(self) -> bool:
+        return self.way != "tracepoint"
+
+    def args(self, funcs: str | None = None) -> list[str]:
+        """--kprobe-way; for kprobes a --filter-funcs set (KPROBE_SET unless given), and --wait-detach,
+        so each test finds the kernel as the previous one left it (removal in the background has its own test)."""
+        if not self.is_kprobe:
+            return ["--kprobe-way", self.way, *(["--filter-funcs", funcs] if funcs else [])]
+        return ["--kprobe-way", self.way, "--filter-funcs", funcs or KPROBE_SET, "--wait-detach"]
+
+    def sees(self, kind: str) -> tuple[str, ...]:
+        """The FUNCs that show a send of this kind of socket (tcp, udp, udp6, unix, netlink); () if none."""
+        if self.is_kprobe:
+            return KPROBE_SEES[kind]
+        if "sock_send_length" in self.tracepoints:  # 6.3+: every family's sends
+            return ("sock_send_length",)
+        return ("inet_sock_set_state", "tcp_probe") if kind == "tcp" else ()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "backends(*ways, sees=()): the backends (and traffic) a test needs")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Parametrize ``backend`` over the kernel's backends that the test's marker allows and that
+    can see the traffic it names. On a machine that cannot trace at all, one placeholder skips."""
+    if "backend" not in metafunc.fixturenames:
+        return
+    marker = metafunc.definition.get_closest_marker("backends")
+    wanted = (marker.args or ALL_WAYS) if marker else ALL_WAYS
+    sees = marker.kwargs.get("sees", ()) if marker else ()
+    backends = [
+        Backend(way, kernel_tracepoints())
+        for way in kernel_ways()
+        if way in wanted and all(Backend(way, kernel_tracepoints()).sees(kind) for kind in sees)
+    ]
+    if not kernel_ways():
+        metafunc.parametrize("backend", [None], ids=["no-kernel"])
+        return
+    if marker is not None and marker.kwargs.get("best_only"):
+        backends = backends[:1]
+    if not backends:
+        needs = ", ".join(wanted) + (f" seeing {', '.join(sees)}" if sees else "")
+        NOT_APPLICABLE[metafunc.definition.nodeid] = f"needs {needs}; this kernel offers {', '.join(kernel_ways())}"
+    metafunc.parametrize("backend", backends, ids=[backend.way for backend in backends])
+
+
+# Tests no backend of this kernel can run (kprobe tests on a kernel without kprobes): deselected, with the reason.
+NOT_APPLICABLE: dict[str, str] = {}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    dropped = [item for item in items if item.nodeid.split("[")[0] in NOT_APPLICABLE]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = [item for item in items if item not in dropped]
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    for nodeid, reason in sorted(NOT_APPLICABLE.items()):
+        terminalreporter.write_line(f"NOT APPLICABLE on this kernel (deselected): {nodeid}: {reason}")
 
 
 @pytest.fixture(scope="session", autouse=True)
 def kernel_capabilities() -> None:
-    require(os.geteuid() == 0, "tracing needs root")
-    require(_bcc_importable(), "BCC's Python module (python3-bpfcc) is not importable")
-    require(Path("/sys/kernel/btf/vmlinux").exists(), "kernel has no BTF")
+    reason = _kernel_ready()
+    require(reason is None, reason or "")
 
 
 @dataclass
@@ -39,41 +173,68 @@ class TraceResult:
     lines: list[str]  # event lines, header removed
     stderr: str
 
-    def with_func(self, func: str) -> list[str]:
-        return [line for line in self.lines if line.split()[2:3] == [func]]
+    def with_func(self, *funcs: str) -> list[str]:
+        return [line for line in self.lines if line.split()[2:3] and line.split()[2] in funcs]
+
+    def accounting(self) -> dict[str, int]:
+        """The numbers of the exit report's first line."""
+        match = re.search(
+            r"(\d+) events (?:printed|counted), (\d+) dropped \(([^)]*)\)(?:, (\d+) past --output-limit-lines)?, "
+            r"(\d+) probe runs without a socket, (\d+) filtered out, (\d+) before ready or after stop: "
+            r"(\d+) probe runs(?: \(the kernel counted (\d+)\))?",
+            self.stderr,
+        )
+        assert match, self.stderr
+        names = ("printed", "dropped", "causes", "unprinted", "no_sock", "filtered", "not_tracing", "runs", "kernel")
+        values = dict(zip(names, match.groups()))
+        causes = dict(
+            (name.strip(), int(count)) for name, count in (part.split(":") for part in values.pop("causes").split(","))
+        )
+        numbers = {name: int(value) for name, value in values.items() if value is not None}
+        numbers.update({f"dropped {name}": count for name, count in causes.items()})
+        return numbers
 
 
 class Tracer:
     """socketrace as a subprocess; started, then stopped with a signal."""
 
-    def __init__(self, tmp_path: Path, *args: str, command: list[str] | None = None) -> None:
+    def __init__(self, tmp_path: Path, *args: str, command: list[str] | None = None, **popen: object) -> None:
         self.stdout_path = tmp_path / f"out-{uuid.uuid4().hex}.txt"
         self.stderr_path = tmp_path / f"err-{uuid.uuid4().hex}.txt"
-        base = command or [sys.executable, "-m", "socketrace"]
         with open(self.stdout_path, "w") as out, open(self.stderr_path, "w") as err:
-            self.process = subprocess.Popen([*base, *args], stdout=out, stderr=err)
+            self.process = subprocess.Popen([*(command or COMMAND), *args], stdout=out, stderr=err, **popen)
 
-    def wait_ready(self, timeout: float = 60) -> None:
+    @property
+    def stderr(self) -> str:
+        return self.stderr_path.read_text()
+
+    def wait_ready(self, timeout: float = 300) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if READY_LINE in self.stderr_path.read_text():
+            if READY_LINE in self.stderr:
                 return
             if self.process.poll() is not None:
-                raise AssertionError(f"socketrace exited early: {self.stderr_path.read_text()}")
-            time.sleep(0.02)
+                raise AssertionError(f"socketrace exited early ({self.process.returncode}): {self.stderr}")
+            time.sleep(0.05)
         self.process.kill()
-        raise AssertionError(f"socketrace not ready after {timeout}s: {self.stderr_path.read_text()}")
+        self.process.wait(timeout=60)
+        raise AssertionError(f"socketrace not ready after {timeout}s: {self.stderr}")
 
     def stop(self, sig: int = signal.SIGINT, settle: float = 0.3) -> TraceResult:
-        time.sleep(settle)  # let the last events reach the reader
+        time.sleep(settle)  # let the last events reach the reader (it polls every 0.1 s)
         self.process.send_signal(sig)
         return self.wait()
 
-    def wait(self, timeout: float = 60) -> TraceResult:
-        returncode = self.process.wait(timeout=timeout)
+    def wait(self, timeout: float = 300) -> TraceResult:
+        try:
+            returncode = self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=60)
+            raise AssertionError(f"socketrace did not end within {timeout}s: {self.stderr}") from None
         text = self.stdout_path.read_text()
         lines = [line for line in text.splitlines() if line and not line.startswith(("CPU ", "TIME "))]
-        return TraceResult(returncode, lines, self.stderr_path.read_text())
+        return TraceResult(returncode, lines, self.stderr)
 
 
 @pytest.fixture
@@ -81,17 +242,18 @@ def trace(tmp_path: Path) -> Iterator:
     """Start socketrace with the given flags and wait until it is attached."""
     started: list[Tracer] = []
 
-    def start(*args: str, command: list[str] | None = None) -> Tracer:
-        tracer = Tracer(tmp_path, *args, command=command)
+    def start(*args: str, command: list[str] | None = None, ready: bool = True, **popen: object) -> Tracer:
+        tracer = Tracer(tmp_path, *args, command=command, **popen)
         started.append(tracer)
-        tracer.wait_ready()
+        if ready:
+            tracer.wait_ready()
         return tracer
 
     yield start
     for tracer in started:
         if tracer.process.poll() is None:
             tracer.process.kill()
-            tracer.process.wait()
+            tracer.process.wait(timeout=60)
 
 
 def free_port(family: int = socket.AF_INET) -> int:
@@ -105,12 +267,12 @@ def netns() -> Iterator[str]:
     """A fresh network namespace with loopback up, removed afterwards."""
     ip = require_tool("ip")
     name = f"st-{uuid.uuid4().hex[:8]}"
-    subprocess.run([ip, "netns", "add", name], check=True)
+    subprocess.run([ip, "netns", "add", name], check=True, timeout=60)
     try:
-        subprocess.run([ip, "-n", name, "link", "set", "lo", "up"], check=True)
+        subprocess.run([ip, "-n", name, "link", "set", "lo", "up"], check=True, timeout=60)
         yield name
     finally:
-        subprocess.run([ip, "netns", "del", name], check=False)
+        subprocess.run([ip, "netns", "del", name], check=False, timeout=60)
 
 
 # Columns: CPU, pid(comm), FUNC, then the tuple.
@@ -124,22 +286,44 @@ def parse(line: str) -> tuple[int, str, str]:
     return int(match.group(2)), match.group(4), match.group(5)
 
 
-def socketrace_programs() -> list[str]:
-    """Loaded BPF programs that are socketrace's, by name, as bpftool lists them kernel-wide."""
+PROGRAM_NAME = re.compile(r"rawtp_|shared_handler|kprobe_")
+
+
+def socketrace_programs() -> list[dict]:
+    """Loaded BPF programs that are socketrace's, as bpftool lists them kernel-wide."""
     bpftool = require_tool("bpftool")
     listing = json.loads(
-        subprocess.run([bpftool, "-j", "prog", "show"], check=True, capture_output=True, text=True).stdout
+        subprocess.run([bpftool, "-j", "prog", "show"], check=True, capture_output=True, text=True, timeout=120).stdout
     )
-    return sorted(
-        prog.get("name", "") for prog in listing if re.match(r"rawtp_|shared_handler|kprobe_", prog.get("name", ""))
-    )
+    return [prog for prog in listing if PROGRAM_NAME.match(prog.get("name", ""))]
 
 
-def programs_settle_to(expected: list[str], timeout: float = 10) -> bool:
-    """The kernel frees programs after an RCU grace period: wait for it."""
+def settles(condition, timeout: float = 120) -> bool:
+    """Wait for a condition the kernel reaches asynchronously (programs are freed after an RCU grace period)."""
     deadline = time.monotonic() + timeout
-    while socketrace_programs() != expected:
+    while not condition():
         if time.monotonic() > deadline:
             return False
-        time.sleep(0.1)
+        time.sleep(0.2)
     return True
+
+
+KPROBES_LIST = Path("/sys/kernel/debug/kprobes/list")
+
+
+def attached_kprobes() -> list[str]:
+    """Kprobes registered in the kernel (debugfs), whoever made them."""
+    return KPROBES_LIST.read_text().splitlines() if KPROBES_LIST.exists() else []
+
+
+def kprobe_multi_links() -> list[dict]:
+    bpftool = require_tool("bpftool")
+    links = json.loads(
+        subprocess.run([bpftool, "-j", "link", "show"], check=True, capture_output=True, text=True, timeout=120).stdout
+    )
+    return [link for link in links if link.get("type") == "kprobe_multi"]
+
+
+def nothing_attached() -> bool:
+    """No program of socketrace's is loaded, no kprobe or kprobe-multi link remains."""
+    return not socketrace_programs() and not attached_kprobes() and not kprobe_multi_links()

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -126,3 +128,54 @@ class WaitingProcess:
         stdout, _ = self.process.communicate("go\n", timeout=timeout)
         assert self.process.returncode == 0
         return stdout
+
+
+_FLOOD = """
+import socket, sys, time
+until = float(sys.argv[1])
+server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+server.bind(("127.0.0.1", 0))
+server.setblocking(False)
+client.connect(server.getsockname())
+while time.time() < until:
+    for _ in range(100):
+        client.send(b"x" * 64)
+        try:
+            server.recv(100)
+        except BlockingIOError:
+            pass
+"""
+
+
+class UdpFlood:
+    """UDP ping-pong loops on loopback in separate processes, as fast as they go, for a bounded time."""
+
+    def __init__(self, senders: int = 2, seconds: float = 120) -> None:
+        self._args = [str(time.time() + seconds)]
+        self._senders = senders
+        self._processes: list[subprocess.Popen] = []
+
+    def __enter__(self) -> UdpFlood:
+        self._processes = [subprocess.Popen([sys.executable, "-c", _FLOOD, *self._args]) for _ in range(self._senders)]
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        for process in self._processes:
+            process.kill()
+        for process in self._processes:
+            process.wait(timeout=60)
+
+
+def short_lived_udp_sockets(count: int, port: int) -> None:
+    """``count`` UDP sockets that each send one datagram to ``port`` and close: a flood of new socket identities."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as server:
+        server.bind(("127.0.0.1", port))
+        server.setblocking(False)
+        for index in range(count):
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+                client.sendto(b"x", ("127.0.0.1", port))
+            if index % 64 == 0:
+                with contextlib.suppress(BlockingIOError):
+                    while True:
+                        server.recv(16)

@@ -1,0 +1,205 @@
+"""Per backend: how a run ends. Signals at any moment of start-up, during a load, twice; a closed
+pipe; a full disk; errors at run time; and after each, nothing of socketrace left in the kernel."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from .conftest import (
+    COMMAND,
+    READY_LINE,
+    Backend,
+    attached_kprobes,
+    free_port,
+    nothing_attached,
+    settles,
+)
+from .traffic import UdpFlood, tcp_exchange
+
+SIGNAL_EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
+
+
+def _handlers_installed(pid: int) -> bool:
+    """SigCgt lists SIGTERM once socketrace's entry point has run (Python alone catches only SIGINT)."""
+    with contextlib.suppress(OSError):
+        status = Path(f"/proc/{pid}/status").read_text()
+        caught = int(re.search(r"^SigCgt:\s*([0-9a-f]+)$", status, re.M).group(1), 16)
+        return bool(caught & (1 << (signal.SIGTERM - 1)))
+    return False
+
+
+def _ends_cleanly(process: subprocess.Popen, stderr: str, sig: int) -> None:
+    """Exit status 128+signal before tracing, 0 once tracing; no traceback; nothing attached."""
+    tracing = READY_LINE in stderr
+    assert process.returncode == (0 if tracing else SIGNAL_EXIT[sig]), stderr
+    assert "Traceback" not in stderr and "Exception ignored" not in stderr, stderr
+    last = stderr.strip().splitlines()[-1] if stderr.strip() else ""
+    assert tracing or last == "socketrace: interrupted", stderr
+    assert settles(nothing_attached), "something of socketrace stayed in the kernel"
+
+
+def test_signals_at_spread_offsets_over_start_up(backend: Backend, tmp_path: Path) -> None:
+    """Ten signals spread over start-up (importing, discovering, compiling, attaching) and one after."""
+    args = [*COMMAND, *backend.args(), "--filter-port", "9"]
+    started = time.monotonic()
+    probe = subprocess.Popen(args, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not _handlers_installed(probe.pid) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    installed = time.monotonic()
+    for line in probe.stderr:  # type: ignore[union-attr]
+        if READY_LINE in line:
+            break
+    start_up = time.monotonic() - installed
+    probe.send_signal(signal.SIGINT)
+    probe.communicate(timeout=300)
+    assert probe.returncode == 0, f"the first run did not trace ({time.monotonic() - started:.1f} s)"
+    for step in range(11):
+        sig = (signal.SIGINT, signal.SIGTERM)[step % 2]
+        process = subprocess.Popen(args, stderr=subprocess.PIPE, text=True)
+        while not _handlers_installed(process.pid) and process.poll() is None:
+            time.sleep(0.002)
+        time.sleep(start_up * step / 10)
+        process.send_signal(sig)
+        _, stderr = process.communicate(timeout=300)
+        _ends_cleanly(process, stderr, sig)
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
+def test_nothing_stays_attached(trace, backend: Backend, stop_signal: int) -> None:
+    tracer = trace(*backend.args(), "--filter-port", "9")
+    assert not nothing_attached()
+    result = tracer.stop(stop_signal, settle=0)
+    if stop_signal != signal.SIGKILL:
+        assert result.returncode == 0 and "Detaching" in result.stderr, result.stderr
+    assert settles(nothing_attached, timeout=300)
+
+
+def test_closed_pipe_ends_cleanly(backend: Backend) -> None:
+    port = free_port()
+    command = " ".join([*COMMAND, *backend.args(), "--filter-port", str(port)])
+    pipeline = subprocess.Popen(
+        ["bash", "-c", f'set -o pipefail; {command} | head -n 2; echo "status=${{PIPESTATUS[0]}}" >&2'],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 300
+    while pipeline.poll() is None and time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            tcp_exchange(port)
+        time.sleep(0.1)
+    stdout, stderr = pipeline.communicate(timeout=300)
+    assert len(stdout.splitlines()) == 2
+    assert "status=0" in stderr and "Traceback" not in stderr, stderr
+    assert settles(nothing_attached)
+
+
+def test_signal_under_sustained_load_ends_the_run(trace, backend: Backend) -> None:
+    """Output keeps flowing while a load lasts, and a signal in the middle of a poll ends the run."""
+    with UdpFlood(senders=2):
+        tracer = trace(*backend.args(), "--filter-protocol", "udp")
+        time.sleep(2)
+        early = tracer.stdout_path.stat().st_size
+        time.sleep(2)
+        later = tracer.stdout_path.stat().st_size
+        started = time.monotonic()
+        tracer.process.send_signal(signal.SIGINT)
+        result = tracer.wait(timeout=120)
+    assert early > 0 and later > early, "nothing written while the load ran"
+    assert result.returncode == 0 and time.monotonic() - started < 60, result.stderr
+    assert "Traceback" not in result.stderr and "Exception ignored" not in result.stderr
+    counts = result.accounting()
+    outcomes = counts["printed"] + counts["dropped"] + counts["no_sock"] + counts["filtered"] + counts["not_tracing"]
+    assert counts["runs"] == outcomes and counts["printed"] == len(result.lines), result.stderr
+    assert settles(nothing_attached)
+
+
+def test_second_signal_while_stopping_does_not_abandon_the_detach(trace, backend: Backend) -> None:
+    tracer = trace(*backend.args(), "--filter-port", "9")
+    tracer.process.send_signal(signal.SIGINT)
+    for _ in range(5):
+        time.sleep(0.02)
+        if tracer.process.poll() is None:
+            tracer.process.send_signal(signal.SIGINT)
+    result = tracer.wait()
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    assert settles(nothing_attached)
+
+
+@pytest.mark.backends("kprobe")
+def test_classic_kprobes_are_removed_in_the_background(trace, backend: Backend) -> None:
+    """Ctrl+C gives the prompt back at once; the removal finishes in a child; a new run works meanwhile."""
+    port = free_port()
+    args = [arg for arg in backend.args() if arg != "--wait-detach"]
+    first = trace(*args, "--filter-port", str(port))
+    before = len(attached_kprobes())
+    assert before > 0
+    started = time.monotonic()
+    result = first.stop(settle=0)
+    prompt_after = time.monotonic() - started
+    match = re.search(r"Removing (\d+) kprobes in the background \(pid (\d+)\)", result.stderr)
+    assert result.returncode == 0 and match, result.stderr
+    remover = int(match.group(2))
+    second = trace(*backend.args(), "--filter-port", str(port))  # while the first one's probes are removed
+    exchange = tcp_exchange(port)
+    assert settles(lambda: not Path(f"/proc/{remover}").exists(), timeout=300), "the removal never finished"
+    second_result = second.stop()
+    assert any(f":{exchange.client_port} -> 127.0.0.1:{port} " in line for line in second_result.lines)
+    assert settles(nothing_attached)
+    print(f"prompt back {prompt_after:.2f} s after SIGINT with {before} kprobes attached")
+
+
+@pytest.mark.backends(best_only=True)
+def test_full_disk_ends_the_run_with_one_line(trace, backend: Backend, tmp_path: Path) -> None:
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)], check=True, timeout=60)
+    try:
+        (disk / "filler").write_bytes(b"x" * (60 * 1024))
+        port = free_port()
+        tracer = trace(*backend.args(), "--filter-port", str(port), "--output-file", str(disk / "events.txt"))
+        for _ in range(20):
+            tcp_exchange(port)
+        result = tracer.wait(timeout=120)
+    finally:
+        subprocess.run(["umount", str(disk)], check=False, timeout=60)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 1, result.stderr
+    assert re.fullmatch(r"socketrace: error: writing events to .*events.txt: No space left on device.*", lines[-1])
+    assert "Traceback" not in result.stderr
+    assert re.search(r"\d+ events printed, .* probe runs", result.stderr)  # accounted before the error
+    assert settles(nothing_attached)
+
+
+def test_runtime_errors_are_one_line(tmp_path: Path) -> None:
+    """A failure at run time: one line, exit 1, whatever failed."""
+    not_btf = tmp_path / "not-btf"
+    not_btf.write_bytes(b"\0" * 64)
+    cases = [
+        ([*COMMAND, "--kernel-btf", str(not_btf)], "cannot read kernel BTF"),
+        (["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *COMMAND], "tracing needs root"),
+    ]
+    for args, message in cases:
+        result = subprocess.run(args, capture_output=True, text=True, timeout=300, cwd="/")
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 1, result.stderr
+        assert lines[-1].startswith("socketrace: error: ") and message in lines[-1], result.stderr
+        assert "Traceback" not in result.stderr
+
+
+def test_debug_shows_the_traceback(tmp_path: Path) -> None:
+    not_btf = tmp_path / "not-btf"
+    not_btf.write_bytes(b"\0" * 64)
+    result = subprocess.run(
+        [*COMMAND, "--kernel-btf", str(not_btf), "--debug"], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 1 and "Traceback" in result.stderr, result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("socketrace: error: ")
