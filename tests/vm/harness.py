@@ -1,7 +1,7 @@
 """Boot a Debian kernel under QEMU and run one command in it, as root, on a Debian root file system.
 
 The kernel packages come from the distribution (`apt-get download` with a private apt
-configuration per release and architecture, so the host's own sources stay as they are), are
+configuration per suites and architecture, so the host's own sources stay as they are), are
 unpacked into a cache directory, and get a small initramfs: a static busybox of the kernel's
 architecture, the 9p and virtio modules, and an init that mounts a root file system read-only
 over virtio-9p, puts tmpfs where the guest must write, and chroots into it. That root is the
@@ -120,7 +120,6 @@ GUEST_PACKAGES = (
     "python3-bpfcc",
     "python3-venv",
     "python3-pip",
-    "ca-certificates",
     "iproute2",
     "bpftool",
     "kmod",
