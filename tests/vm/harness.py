@@ -57,7 +57,7 @@ class Arch:
 
 ARCHES = {
     "amd64": Arch("qemu-system-x86_64", ("-machine", "pc", "-cpu", "max"), "ttyS0", "qemu-x86_64"),
-    # pauth-impdef: emulating the architected pointer-authentication hash makes TCG several times slower.
+    # pauth-impdef: the architected pointer-authentication hash is slow to emulate (boot + BCC compile 14.5 s, not 7).
     "arm64": Arch(
         "qemu-system-aarch64", ("-machine", "virt", "-cpu", "max,pauth-impdef=on"), "ttyAMA0", "qemu-aarch64"
     ),
@@ -97,7 +97,7 @@ KERNELS = {
     "6.12": KernelSpec(r"^linux-image-6\.12\.[0-9]+\+deb12-amd64$", BOOKWORM, "amd64", ""),
     # Debian 11: kprobes, no kprobe-multi (no CONFIG_FPROBE)
     "5.10": KernelSpec(r"^linux-image-5\.10\.0-[0-9]+-amd64$", BULLSEYE, "amd64", "bullseye"),
-    # kprobes, no kprobe-multi: arm64 has CONFIG_FPROBE only since fprobe moved onto fgraph (6.15)
+    # kprobes, no kprobe-multi: arm64 kernels have CONFIG_FPROBE only after 6.12 (fprobe on fgraph; 6.16 has it)
     "6.12-arm64": KernelSpec(r"^linux-image-6\.12\.[0-9]+\+deb12-arm64$", BOOKWORM, "arm64", "bookworm-arm64"),
     # kprobes and kprobe-multi on arm64
     "6.18-arm64": KernelSpec(
@@ -376,7 +376,7 @@ def prepare_userland(suite: str) -> Path:
     spec = USERLANDS[suite]
     hook = _venv_hook()
     # Named by its recipe, so a changed package list or venv is built anew rather than reused stale.
-    recipe = hashlib.sha256(repr((spec, hook, PIP_PACKAGES)).encode()).hexdigest()[:12]
+    recipe = hashlib.sha256(repr((spec, hook)).encode()).hexdigest()[:12]
     root = CACHE / f"userland-{suite}-{recipe}"
     with _locked(CACHE / f"userland-{suite}.lock"):
         if not (root / ".ready").exists():
@@ -482,7 +482,9 @@ def run_in_vm(
     """
     arch = ARCHES[kernel.arch]
     if root.resolve() == Path("/") and kernel.arch != HOST_ARCH:
-        raise RuntimeError(f"a {kernel.arch} guest cannot run the host's {HOST_ARCH} root: pass a userland")
+        raise RuntimeError(
+            f"kernel {kernel.name} ({kernel.arch}) cannot run the host's {HOST_ARCH} root: pass a userland"
+        )
     if shutil.which(arch.qemu) is None:
         raise RuntimeError(f"{arch.qemu} is not installed")
     started = time.monotonic()
@@ -533,7 +535,11 @@ def main() -> int:
     args = parser.parse_args()
     kernel = prepare_kernel(args.kernel)
     userland = KERNELS[args.kernel].userland if args.userland is None else args.userland
-    root = prepare_userland(userland) if userland not in ("", "host") else Path("/")
+    root = Path("/")
+    if userland not in ("", "host"):
+        if USERLANDS[userland].arch != kernel.arch:
+            parser.error(f"userland {userland} is {USERLANDS[userland].arch}, kernel {args.kernel} is {kernel.arch}")
+        root = prepare_userland(userland)
     result = run_in_vm(kernel, shlex.join(args.command), Path.cwd(), args.timeout, args.cpus, root=root)
     sys.stdout.write(result.output)
     if result.returncode < 0:
