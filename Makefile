@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 # BCC from the distribution; the tools the tests drive; QEMU and what the VM harness builds guests with.
 APT_PACKAGES := python3-bpfcc python3-venv python3-pip clang llvm iproute2 netcat-openbsd curl kmod \
-	qemu-system-x86 busybox-static mmdebstrap
+	qemu-system-x86 qemu-system-arm qemu-user-static mmdebstrap
 # Debian names bpftool on its own; Ubuntu ships it in linux-tools.
 APT_OPTIONAL := bpftool
 ARGS ?=
