@@ -238,7 +238,10 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command; returns the exit status. Signals are handled by socketrace.entry."""
     argv = sys.argv[1:] if argv is None else argv
     logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%Y/%m/%d %H:%M:%S", stream=sys.stderr
+        level=logging.DEBUG if _debugging(argv) else logging.INFO,
+        format="%(asctime)s %(message)s",
+        datefmt="%Y/%m/%d %H:%M:%S",
+        stream=sys.stderr,
     )
     from .errors import RUNTIME_ERRORS, describe
 

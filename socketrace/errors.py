@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
+import time
 from collections.abc import Iterator
 
 __all__ = ["RUNTIME_ERRORS", "RunError", "describe", "stage"]
+
+log = logging.getLogger("socketrace")
 
 # Every failure at run time becomes one line; only signals (BaseException) pass through.
 RUNTIME_ERRORS = (Exception,)
@@ -41,9 +45,11 @@ def describe(err: BaseException) -> str:
 
 @contextlib.contextmanager
 def stage(what: str) -> Iterator[None]:
-    """Name the step in any failure that is not already socketrace's own words."""
+    """Name the step in any failure that is not already socketrace's own words; --debug logs its duration."""
+    started = time.monotonic()
     try:
         yield
+        log.debug("%s: %.2f s", what, time.monotonic() - started)
     except RunError:
         raise
     except Exception as err:

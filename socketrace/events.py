@@ -74,7 +74,7 @@ class EventReader:
         self._pending: list[bytes] = []
         self._manager = None
         if use_perf_buffer:
-            bpf["events"].open_perf_buffer(self._on_perf_record, page_cnt=PERF_BUFFER_PAGES, lost_cb=self._on_lost)
+            bpf[b"events"].open_perf_buffer(self._on_perf_record, page_cnt=PERF_BUFFER_PAGES, lost_cb=self._on_lost)
         else:
             self._open_ring_buffer(bpf)
 
@@ -91,7 +91,7 @@ class EventReader:
 
         self._lib = lib
         self._callback = _RINGBUF_CB_TYPE(on_record)  # referenced as long as libbpf may call it
-        self._manager = lib.bpf_new_ringbuf(bpf["events"].map_fd, self._callback, None)
+        self._manager = lib.bpf_new_ringbuf(bpf[b"events"].map_fd, self._callback, None)
         if not self._manager:
             raise OSError(ctypes.get_errno(), "cannot open the ring buffer")
 
@@ -139,12 +139,12 @@ class EventReader:
 
 def set_tracing(bpf: BPF, tracing: bool) -> None:
     """Let events flow (once everything is attached), or stop them (at the end)."""
-    bpf["control"][ctypes.c_int(0)] = ctypes.c_uint32(CONTROL_TRACING if tracing else CONTROL_STOPPED)
+    bpf[b"control"][ctypes.c_int(0)] = ctypes.c_uint32(CONTROL_TRACING if tracing else CONTROL_STOPPED)
 
 
 def read_counters(bpf: BPF) -> dict[Counter, int]:
     """The program's counters, summed over CPUs."""
-    per_cpu = bpf["cpu_states"][ctypes.c_int(0)]
+    per_cpu = bpf[b"cpu_states"][ctypes.c_int(0)]
     return {counter: sum(state.counters[counter] for state in per_cpu) for counter in Counter}
 
 
@@ -188,7 +188,7 @@ def read_summary(bpf: BPF) -> SummarySnapshot:
     """Read the --summary maps (cumulative counts; the LRU ones forget their least recent rows)."""
     probes = {
         key.value: ProbeCount(value.count, value.total_ns, value.max_ns, tuple(value.latency))
-        for key, value in bpf["summary_probes"].items()
+        for key, value in bpf[b"summary_probes"].items()
     }
     socks = {
         key.value: SockCount(
@@ -201,10 +201,10 @@ def read_summary(bpf: BPF) -> SummarySnapshot:
             bytes(value.daddr),
             value.dport,
         )
-        for key, value in bpf["summary_socks"].items()
+        for key, value in bpf[b"summary_socks"].items()
     }
     tasks = {
         key.value: TaskCount(value.count, value.comm.decode(errors="replace"))
-        for key, value in bpf["summary_tasks"].items()
+        for key, value in bpf[b"summary_tasks"].items()
     }
     return SummarySnapshot(probes, socks, tasks)

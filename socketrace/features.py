@@ -14,7 +14,7 @@ from pathlib import Path
 
 from . import bpfsys
 
-__all__ = ["AVAILABLE_FILTER_FUNCTIONS", "Features", "detect_features", "verifiable_kinds"]
+__all__ = ["AVAILABLE_FILTER_FUNCTIONS", "Features", "bcc_loads_kprobe_multi", "detect_features", "verifiable_kinds"]
 
 # What ftrace can patch, hence what kprobes can attach to (tracefs, or tracefs under debugfs).
 AVAILABLE_FILTER_FUNCTIONS = (
@@ -47,14 +47,16 @@ class Features:
     bcc_kprobe_multi: bool = False  # BCC can load a program for kprobe-multi (load_func's attach_type, 0.25+)
 
 
-def detect_features() -> Features:
+def detect_features(with_bcc: bool = True) -> Features:
+    """What the kernel (and, ``with_bcc``, BCC) can do. Without BCC the answer comes sooner:
+    importing BCC loads LLVM, which the caller may be doing meanwhile in another thread."""
     kprobes = KPROBE_PMU.exists()
     return Features(
         ring_buffer=_has_ring_buffer(),
         kprobes=kprobes,
         kprobe_multi=kprobes and _has_kprobe_multi(),
         get_func_ip=_can_load(_CALL_GET_FUNC_IP),
-        bcc_kprobe_multi=_bcc_loads_with_attach_type(),
+        bcc_kprobe_multi=with_bcc and bcc_loads_kprobe_multi(),
     )
 
 
@@ -67,12 +69,12 @@ def verifiable_kinds() -> list[str]:
         fd = _loads(_RETURN_ZERO, bpfsys.BPF_TRACE_KPROBE_MULTI)
         if fd is not None:
             os.close(fd)
-            if _bcc_loads_with_attach_type():
+            if bcc_loads_kprobe_multi():
                 kinds.append("kprobe-multi")
     return kinds
 
 
-def _bcc_loads_with_attach_type() -> bool:
+def bcc_loads_kprobe_multi() -> bool:
     """BCC before 0.25 loads every program with no expected attach type, which kprobe-multi needs."""
     try:
         from bcc import BPF

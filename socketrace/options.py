@@ -13,6 +13,7 @@ import fcntl
 import ipaddress
 import os
 import re
+import stat
 from dataclasses import dataclass, field, replace
 from enum import Enum
 
@@ -232,8 +233,11 @@ def check_writable(flag: str, path: str) -> str:
         raise OptionError(f"{flag}: {path} is a directory")
     if not os.path.isdir(directory):
         raise OptionError(f"{flag}: directory {directory} does not exist")
-    if os.path.exists(path) and not os.access(path, os.W_OK):
-        raise OptionError(f"{flag}: {path} is not writable")
+    if os.path.exists(path) and not stat.S_ISFIFO(os.stat(path).st_mode):  # a FIFO waits for its reader
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_APPEND))  # root passes access(); the file may still refuse
+        except OSError as err:
+            raise OptionError(f"{flag}: {path} is not writable: {err.strerror}") from None
     if not os.path.exists(path) and not os.access(directory, os.W_OK | os.X_OK):
         raise OptionError(f"{flag}: cannot create files in {directory}")
     return path

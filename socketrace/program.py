@@ -10,11 +10,13 @@ and the two sides cannot drift. ``socketrace --ebpf`` prints the list and the so
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import platform
 import re
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +43,8 @@ __all__ = [
     "plan_program",
     "program_listing",
 ]
+
+log = logging.getLogger("socketrace")
 
 SOURCE_NAME = "socketrace.c"
 RING_BUFFER_BYTES = 4 << 20  # the event buffer: about 13,000 events of 312 bytes
@@ -272,8 +276,6 @@ def compile_program(plan: ProgramPlan) -> BPF:
     the compile down. Loading here, not at attach time, puts every verifier
     rejection in one place, with its reason.
     """
-    # BCC reads its per-process probe cap when imported; classic kprobes need one per function.
-    os.environ.setdefault("BCC_PROBE_LIMIT", "100000")
     try:
         from bcc import BPF  # imported only by the stages that need the kernel
     except ImportError:
@@ -281,24 +283,28 @@ def compile_program(plan: ProgramPlan) -> BPF:
             "BCC's Python module is not importable: install python3-bpfcc (and see README, Installing)"
         ) from None
 
+    started = time.monotonic()
     with _source_tree() as tree:
         os.environ["BCC_KERNEL_SOURCE"] = str(tree)
-        with captured_stderr() as log:
+        with captured_stderr() as printed:
             try:
                 bpf = BPF(src_file=str(tree / SOURCE_NAME).encode(), cflags=[*plan.cflags, f"-I{tree}"])
                 failed = False
             except Exception:  # BCC raises bare Exception; the reason is in what clang printed
                 failed = True
         if failed:
-            raise ProgramError(f"the BPF program failed to compile: {_first_error(log[0])}", log[0])
+            raise ProgramError(f"the BPF program failed to compile: {_first_error(printed[0])}", printed[0])
+    log.debug("compiled in %.2f s", time.monotonic() - started)
+    started = time.monotonic()
     for entry in (*plan.entries, *([plan.shared_handler] if plan.shared_handler else [])):
         load_function(bpf, entry)
+    log.debug("loaded %d functions in %.2f s", len(plan.entries), time.monotonic() - started)
     return bpf
 
 
 def load_function(bpf: BPF, entry: Entry) -> int:
     """Load one function of the program (BCC caches it by name); its fd. A rejection is a ProgramError."""
-    with captured_stderr() as log:
+    with captured_stderr() as printed:
         try:
             if entry.attach_type >= 0:
                 function = bpf.load_func(entry.name.encode(), entry.prog_type, attach_type=entry.attach_type)
@@ -308,8 +314,8 @@ def load_function(bpf: BPF, entry: Entry) -> int:
             failure = str(err)
         else:
             return int(function.fd)
-    reason = _first_error(log[0]) if log[0].strip() else failure
-    raise ProgramError(f"the kernel refused to load {entry.name}: {reason}", log[0])
+    reason = _first_error(printed[0]) if printed[0].strip() else failure
+    raise ProgramError(f"the kernel refused to load {entry.name}: {reason}", printed[0])
 
 
 def program_listing(plan: ProgramPlan) -> str:

@@ -13,9 +13,12 @@ exit report accounts for every probe run.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import importlib
 import logging
 import os
 import select
+import threading
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, TextIO
 
@@ -25,7 +28,7 @@ from .contract import RETURN_KPROBE_MULTI, ArgKind, Counter
 from .discovery import Discovery, Probe, discover
 from .errors import RunError, stage
 from .events import EventReader, read_counters, read_summary, set_tracing
-from .features import Features, detect_features
+from .features import Features, bcc_loads_kprobe_multi, detect_features
 from .options import AttachWay, OptionError, Options, OutputSpec, Timestamp
 from .output.clock import EventClock
 from .output.json import JsonFormatter
@@ -48,23 +51,27 @@ POLL_TIMEOUT_MS = 100
 
 def run(options: Options, stdout: TextIO) -> int:
     """Trace until stopped; returns the exit status."""
+    log.debug("interpreter and imports: %.2f s after exec", _seconds_since_process_start())
     if options.list_funcs:
         with stage("reading kernel types"):
             stdout.write(list_functions(discover(options, with_functions=True), options.list_funcs))
         return 0
     if os.geteuid() != 0 and not options.dump_program:
         raise RunError("tracing needs root (CAP_BPF and CAP_PERFMON)")
+    _import_in_background("bcc", "tqdm")  # about 1.5 s under emulation; the kernel is probed meanwhile
     with stage("probing the kernel's BPF features"):
-        features = detect_features() if os.geteuid() == 0 else Features(ring_buffer=True, kprobes=False)
+        features = detect_features(with_bcc=False) if os.geteuid() == 0 else Features(ring_buffer=True, kprobes=False)
     requested = options.attach_way
     if requested is AttachWay.AUTO and options.skb_tracepoints:
         requested = AttachWay.TRACEPOINT  # sk_buff tracepoints are what was asked for
+    kprobes = features.kprobes and requested is not AttachWay.TRACEPOINT
+    with stage("reading kernel types"):
+        discovery = discover(options, with_functions=kprobes, with_registers=kprobes)
+    features = dataclasses.replace(features, bcc_kprobe_multi=bcc_loads_kprobe_multi())
     way = choose_way(requested, features)
     if options.output.return_values and way is not AttachWay.KPROBE_MULTI:
-        raise RunError(
-            f"--output-return and --filter-errors need kprobe-multi (5.18+); the backend here is {way.value}"
-        )
-    plan = _plan(options, features, way)
+        raise RunError(f"--output-return and --filter-errors need kprobe-multi (5.18+); this kernel offers {way.value}")
+    plan = _plan(options, discovery, features, way)
     if options.dump_program:
         stdout.write(program_listing(plan))
         return 0
@@ -78,19 +85,28 @@ def run(options: Options, stdout: TextIO) -> int:
     return 0
 
 
-def _plan(options: Options, features: Features, way: AttachWay) -> ProgramPlan:
-    kprobes = way is not AttachWay.TRACEPOINT
-    with stage("reading kernel types"):
-        discovery = discover(options, with_functions=kprobes, with_registers=kprobes)
+def _plan(options: Options, discovery: Discovery, features: Features, way: AttachWay) -> ProgramPlan:
     if discovery.functions:
         log.info("%d functions take a socket (checked against %s)", len(discovery.functions), discovery.function_source)
     for reason, count in sorted(discovery.skipped.items()):
         log.info("Left out %d functions: %s", count, reason)
     plan = plan_program(options, discovery, way, features)
     if not plan.probes and not options.dump_program:
-        what = "function" if kprobes else "raw tracepoint"
+        what = "function" if way is not AttachWay.TRACEPOINT else "raw tracepoint"
         raise OptionError(f"--filter-funcs: no {what} that takes a socket matches here (see --list-funcs)")
     return plan
+
+
+def _import_in_background(*modules: str) -> None:
+    """Import heavy modules in a thread: loading a shared library releases the GIL, so the main
+    thread goes on meanwhile; its own import of them later waits for this one or finds them loaded."""
+
+    def load() -> None:
+        for module in modules:
+            with contextlib.suppress(ImportError):  # reported where the module is needed
+                importlib.import_module(module)
+
+    threading.Thread(target=load, name="preload", daemon=True).start()
 
 
 def _trace(options: Options, plan: ProgramPlan, bpf: BPF, features: Features, sink: TextIO) -> None:

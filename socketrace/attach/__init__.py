@@ -17,8 +17,6 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING
 
-from tqdm import tqdm
-
 from .. import signals
 from ..bpfsys import ProgStats, prog_stats
 from ..discovery import Probe
@@ -28,11 +26,19 @@ from ..program import ProgramPlan, captured_stderr
 
 if TYPE_CHECKING:
     from bcc import BPF
+    from tqdm import tqdm
 
-__all__ = ["AttachError", "AttachReport", "Attacher", "available_ways", "choose_way", "make_attacher"]
+__all__ = ["AttachError", "AttachReport", "Attacher", "available_ways", "choose_way", "make_attacher", "progress_bar"]
 
 log = logging.getLogger("socketrace")
-tqdm.monitor_interval = 0  # no monitor thread: the classic kprobe backend forks to detach
+
+
+def progress_bar(total: int) -> tqdm:
+    """A progress bar on stderr (none when it is not a terminal); tqdm is imported only here, late."""
+    from tqdm import tqdm
+
+    tqdm.monitor_interval = 0  # no monitor thread: the classic kprobe backend forks to detach
+    return tqdm(total=total, unit=" probes", leave=False, disable=None)
 
 
 class AttachError(Exception):
@@ -82,12 +88,12 @@ class Attacher(ABC):
         self.report = AttachReport()
         if plan.shared_handler is not None:
             handler = bpf.funcs[plan.shared_handler.name.encode()]
-            bpf["handlers"][ctypes.c_int(0)] = ctypes.c_int(handler.fd)
+            bpf[b"handlers"][ctypes.c_int(0)] = ctypes.c_int(handler.fd)
 
     def attach(self) -> AttachReport:
         probes = self.plan.probes
         log.info("Attaching %s (via %s) to %d %s", self.what, self.way.value, len(probes), self.noun)
-        with tqdm(total=len(probes), unit=" probes", leave=False, disable=None) as progress:
+        with progress_bar(len(probes)) as progress:
             self._attach(probes, progress)
         log.info("Attached %s (via %s) to %d %s", self.what, self.way.value, self.report.attached, self.noun)
         for name, reason in sorted(self.report.failed.items()):

@@ -20,15 +20,14 @@ import resource
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
-from tqdm import tqdm
-
 from ..contract import kprobe_entry_name
 from ..discovery import Probe
 from ..program import ProgramPlan
-from . import Attacher
+from . import Attacher, progress_bar
 
 if TYPE_CHECKING:
     from bcc import BPF
+    from tqdm import tqdm
 
 __all__ = ["KprobeAttacher", "close_in_parallel"]
 
@@ -64,6 +63,7 @@ class KprobeAttacher(Attacher):
 
     def _attach(self, probes: tuple[Probe, ...], progress: tqdm) -> None:
         _raise_fd_limit(len(probes) + SPARE_FDS)
+        _raise_bcc_probe_limit(len(probes) + SPARE_FDS)
 
         def attach_one(_probe_id: int, probe: Probe) -> None:
             entry = kprobe_entry_name(probe.arg_index, probe.arg_kind)
@@ -87,7 +87,7 @@ class KprobeAttacher(Attacher):
             )
             return
         self._log_detaching(len(fds), self.noun)
-        with tqdm(total=len(fds), unit=" probes", leave=False, disable=None) as progress:
+        with progress_bar(len(fds)) as progress:
             close_in_parallel(fds, self.detach_threads, progress)
 
 
@@ -111,6 +111,16 @@ def _remove_in_background(fds: list[int]) -> int:
     for fd in fds:
         os.close(fd)  # the child holds the events now: these closes are only reference drops
     return pid
+
+
+def _raise_bcc_probe_limit(needed: int) -> None:
+    """BCC caps a process at 1000 probes: BCC_PROBE_LIMIT raises it since 0.19 (read at each check);
+    older releases (Debian 11's 0.18) keep the cap in a module global instead."""
+    os.environ["BCC_PROBE_LIMIT"] = str(max(needed, int(os.environ.get("BCC_PROBE_LIMIT", "0") or 0)))
+    import bcc
+
+    if isinstance(getattr(bcc, "_probe_limit", None), int):
+        bcc._probe_limit = max(bcc._probe_limit, needed)
 
 
 def _raise_fd_limit(needed: int) -> None:

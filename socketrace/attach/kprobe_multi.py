@@ -13,8 +13,6 @@ import errno
 import os
 from typing import TYPE_CHECKING
 
-from tqdm import tqdm
-
 from .. import bpfsys, contract
 from ..discovery import Probe
 from ..program import ProgramPlan
@@ -22,6 +20,7 @@ from . import Attacher, AttachError
 
 if TYPE_CHECKING:
     from bcc import BPF
+    from tqdm import tqdm
 
 __all__ = ["KprobeMultiAttacher"]
 

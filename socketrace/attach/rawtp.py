@@ -4,15 +4,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from tqdm import tqdm
-
 from ..contract import rawtp_entry_name
 from ..discovery import Probe
 from ..program import ProgramPlan
-from . import Attacher
+from . import Attacher, progress_bar
 
 if TYPE_CHECKING:
     from bcc import BPF
+    from tqdm import tqdm
 
 __all__ = ["RawTracepointAttacher"]
 
@@ -37,7 +36,7 @@ class RawTracepointAttacher(Attacher):
         if not self._attached:
             return
         self._log_detaching(len(self._attached), self.noun)
-        with tqdm(total=len(self._attached), unit=" probes", leave=False, disable=None) as progress:
+        with progress_bar(len(self._attached)) as progress:
             while self._attached:
                 self.bpf.detach_raw_tracepoint(tp=self._attached.pop().encode())
                 progress.update()

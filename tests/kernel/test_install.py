@@ -89,10 +89,3 @@ def test_without_bcc_one_line_names_the_package(wheel: Path, tmp_path: Path) -> 
     assert "python3-bpfcc" in result.stderr and "Traceback" not in result.stderr
     version = subprocess.run([venv / "bin/socketrace", "--version"], capture_output=True, text=True, timeout=300)
     assert "BCC not importable: install python3-bpfcc" in version.stdout
-
-
-def test_zipapp_traces_with_system_python(tmp_path: Path) -> None:
-    """`make dist` builds one file that runs with the system python3, like the Go binary did."""
-    zipapp = ROOT / "dist" / "socketrace"
-    subprocess.run(["make", "-C", str(ROOT), "dist"], check=True, capture_output=True, timeout=600)
-    _traces([SYSTEM_PYTHON, str(zipapp)], tmp_path)

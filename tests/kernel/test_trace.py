@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import Backend, free_port, parse
+from ..conftest import require
+from .conftest import ROOT, Backend, free_port, parse
 from .traffic import (
     WaitingProcess,
     tcp_exchange,
@@ -227,3 +228,16 @@ def test_perf_buffer_path(trace, backend: Backend) -> None:
     )
     counts = result.accounting()
     assert counts["printed"] == len(result.lines) and counts["dropped"] == 0
+
+
+@pytest.mark.backends(best_only=True)
+def test_zipapp_traces_with_system_python(trace, backend: Backend) -> None:
+    """`make dist`'s single file runs with the distribution's own python3 and BCC, like the Go binary did."""
+    zipapp = ROOT / "dist" / "socketrace"
+    require(zipapp.exists(), "dist/socketrace is not built (make dist; make test builds it first)")
+    port = free_port()
+    tracer = trace(*backend.args(), "--filter-port", str(port), command=["/usr/bin/python3", str(zipapp)])
+    exchange = tcp_exchange(port)
+    result = tracer.stop()
+    assert result.returncode == 0, result.stderr
+    assert any(f"127.0.0.1:{exchange.client_port} -> 127.0.0.1:{port} " in line for line in result.lines)
