@@ -72,7 +72,7 @@ bench: venv
 # The same in the Debian 6.12 guest (kprobe-multi; 2 vCPUs under QEMU).
 bench-vm: venv
 	$(BIN)/python -m tests.vm.harness 6.12 --cpus 2 --timeout 3600 -- \
-		sh -c '.venv/bin/python bench/bench_output.py && .venv/bin/python bench/bench_load.py'
+		sh -c '.venv/bin/python bench/bench_output.py && .venv/bin/python bench/bench_load.py && .venv/bin/python bench/bench_attach.py'
 
 wheel: $(WHEEL)
 $(WHEEL): venv $(SOURCES)

@@ -172,14 +172,23 @@ BPF_TABLE("lru_hash", u64, u8, tracked, TRACKED_SOCKS);
 #endif
 
 #ifdef OUTPUT_SUMMARY
-/* Counts kept here, read by user space every interval: per probe (or, for
- * classic kprobes, per function address), per socket, per process. */
-struct probe_summary {
-	u64 count;
+/* Counts kept here, read by user space every interval: per probe (per CPU, so
+ * no two CPUs share a counter; classic kprobes carry no probe id and count per
+ * function address), per socket and per process (LRU tables), and with
+ * --output-return the latencies per probe. */
+#ifdef KPROBES
+BPF_HASH(summary_counts, u64, u64, SUMMARY_PROBES);
+#else
+BPF_PERCPU_ARRAY(summary_counts, u64, SUMMARY_PROBES);
+#endif
+struct latency_summary {
 	u64 total_ns;
 	u64 max_ns;
-	u64 latency[LATENCY_BUCKETS]; /* calls by log2(duration in ns) */
+	u64 buckets[LATENCY_BUCKETS]; /* calls by log2(duration in ns) */
 };
+#ifdef OUTPUT_RETURN
+BPF_ARRAY(summary_latency, struct latency_summary, SUMMARY_PROBES);
+#endif
 struct sock_summary {
 	u64 count;
 	u32 netns;
@@ -195,7 +204,6 @@ struct task_summary {
 	u64 count;
 	char comm[EVENT_COMM_LEN];
 };
-BPF_HASH(summary_probes, u64, struct probe_summary, SUMMARY_PROBES);
 BPF_TABLE("lru_hash", u64, struct sock_summary, summary_socks, SUMMARY_SOCKS);
 BPF_TABLE("lru_hash", u32, struct task_summary, summary_tasks, SUMMARY_TASKS);
 #else
@@ -601,55 +609,81 @@ static __always_inline u32 log2_bucket(u64 value)
 	return bucket < LATENCY_BUCKETS ? bucket : LATENCY_BUCKETS - 1;
 }
 
+/* A socket's row: the tuple as it is now (a socket gets its ports and addresses as it goes). */
+static __always_inline void label_sock(struct sock_summary *row, const void *sk)
+{
+	u8 copy[SK_COMMON_SPAN];
+
+	bpf_probe_read_kernel(copy, sizeof(copy), sk);
+	row->family = SPAN_FIELD(copy, SK_COMMON_SPAN, sk, SK_FAMILY);
+	row->protocol = sock_protocol(sk);
+	row->sport = SPAN_FIELD(copy, SK_COMMON_SPAN, sk, SK_NUM);
+	row->dport = swap16(SPAN_FIELD(copy, SK_COMMON_SPAN, sk, SK_DPORT));
+	row->netns = FIELD((const void *)SPAN_FIELD(copy, SK_COMMON_SPAN, sk, SK_NET), NET_NS_INUM);
+	if (row->family == AF_INET6 && FIELD_OFFSET(SK_V6_RCV_SADDR) >= 0 && FIELD_OFFSET(SK_V6_DADDR) >= 0 &&
+	    FIELD_OFFSET(SK_V6_RCV_SADDR) + 16 <= SK_COMMON_SPAN && FIELD_OFFSET(SK_V6_DADDR) + 16 <= SK_COMMON_SPAN) {
+		__builtin_memcpy(row->saddr, copy + FIELD_OFFSET(SK_V6_RCV_SADDR), 16);
+		__builtin_memcpy(row->daddr, copy + FIELD_OFFSET(SK_V6_DADDR), 16);
+	} else {
+		*(u32 *)row->saddr = SPAN_FIELD(copy, SK_COMMON_SPAN, sk, SK_RCV_SADDR);
+		*(u32 *)row->daddr = SPAN_FIELD(copy, SK_COMMON_SPAN, sk, SK_DADDR);
+	}
+}
+
+#define RELABEL_EVERY 64 /* events of a socket or task between two refreshes of its label */
+
 /* --summary: count the event in the maps instead of sending it. */
 static __always_inline void summarize(struct cpu_state *cpu, const void *sk, u32 probe_id, u64 func_ip,
 				      u64 duration_ns, bool at_return)
 {
-	u64 probe_key = probe_id == NO_PROBE_ID ? func_ip : probe_id;
-	struct probe_summary zero_probe = {};
-	struct probe_summary *probe = summary_probes.lookup_or_try_init(&probe_key, &zero_probe);
+#ifdef KPROBES
+	u64 zero_count = 0;
+	u64 *count = summary_counts.lookup_or_try_init(&func_ip, &zero_count);
+#else
+	u32 probe_key = probe_id;
+	u64 *count = summary_counts.lookup(&probe_key);
+#endif
+	if (count)
+		__sync_fetch_and_add(count, 1);
+#ifdef OUTPUT_RETURN
+	struct latency_summary *latency = summary_latency.lookup(&probe_id);
 
-	if (probe) {
-		__sync_fetch_and_add(&probe->count, 1);
-		if (at_return) {
-			u32 bucket = log2_bucket(duration_ns);
-
-			__sync_fetch_and_add(&probe->total_ns, duration_ns);
-			if (duration_ns > probe->max_ns)
-				probe->max_ns = duration_ns;
-			__sync_fetch_and_add(&probe->latency[bucket & (LATENCY_BUCKETS - 1)], 1);
-		}
+	if (latency && at_return) {
+		__sync_fetch_and_add(&latency->total_ns, duration_ns);
+		if (duration_ns > latency->max_ns)
+			latency->max_ns = duration_ns;
+		__sync_fetch_and_add(&latency->buckets[log2_bucket(duration_ns) & (LATENCY_BUCKETS - 1)], 1);
 	}
-
+#endif
 	u64 sock_key = (u64)sk;
-	struct sock_summary zero_sock = {};
-	struct sock_summary *sock = summary_socks.lookup_or_try_init(&sock_key, &zero_sock);
+	struct sock_summary *sock = summary_socks.lookup(&sock_key);
 
-	if (sock) {
-		__sync_fetch_and_add(&sock->count, 1);
-		/* The latest tuple: a socket gets its ports and addresses as it goes. */
-		sock->family = FIELD(sk, SK_FAMILY);
-		sock->protocol = sock_protocol(sk);
-		sock->sport = FIELD(sk, SK_NUM);
-		sock->dport = swap16(FIELD(sk, SK_DPORT));
-		sock->netns = FIELD((const void *)FIELD(sk, SK_NET), NET_NS_INUM);
-		if (sock->family == AF_INET6) {
-			bpf_probe_read_kernel(sock->saddr, 16, (const char *)sk + FIELD_OFFSET(SK_V6_RCV_SADDR));
-			bpf_probe_read_kernel(sock->daddr, 16, (const char *)sk + FIELD_OFFSET(SK_V6_DADDR));
-		} else {
-			*(u32 *)sock->saddr = FIELD(sk, SK_RCV_SADDR);
-			*(u32 *)sock->daddr = FIELD(sk, SK_DADDR);
-		}
+	if (!sock) {
+		struct sock_summary fresh = {};
+
+		label_sock(&fresh, sk);
+		summary_socks.update(&sock_key, &fresh);
+		sock = summary_socks.lookup(&sock_key);
+	} else if (sock->count % RELABEL_EVERY == 0) {
+		label_sock(sock, sk);
 	}
+	if (sock)
+		__sync_fetch_and_add(&sock->count, 1);
 
 	u32 tgid = bpf_get_current_pid_tgid() >> 32;
-	struct task_summary zero_task = {};
-	struct task_summary *task = summary_tasks.lookup_or_try_init(&tgid, &zero_task);
+	struct task_summary *task = summary_tasks.lookup(&tgid);
 
-	if (task) {
-		__sync_fetch_and_add(&task->count, 1);
-		bpf_get_current_comm(task->comm, sizeof(task->comm));
+	if (!task) {
+		struct task_summary fresh = {};
+
+		bpf_get_current_comm(fresh.comm, sizeof(fresh.comm));
+		summary_tasks.update(&tgid, &fresh);
+		task = summary_tasks.lookup(&tgid);
+	} else if (task->count % RELABEL_EVERY == 0) {
+		bpf_get_current_comm(task->comm, sizeof(task->comm)); /* a task may exec another program */
 	}
+	if (task)
+		__sync_fetch_and_add(&task->count, 1);
 	COUNT(cpu, at_return ? COUNTER_RETURN_EMITTED : COUNTER_EMITTED);
 }
 #endif

@@ -184,12 +184,24 @@ class SummarySnapshot:
     tasks: dict[int, TaskCount]
 
 
-def read_summary(bpf: BPF) -> SummarySnapshot:
-    """Read the --summary maps (cumulative counts; the LRU ones forget their least recent rows)."""
-    probes = {
-        key.value: ProbeCount(value.count, value.total_ns, value.max_ns, tuple(value.latency))
-        for key, value in bpf[b"summary_probes"].items()
-    }
+def _total(value: object) -> int:
+    """A u64 map value summed over CPUs, whatever ctypes type BCC gave it (a number, an array of
+    per-CPU numbers, or raw bytes, depending on BCC's version and the typedef)."""
+    data = b"".join(bytes(item) for item in value) if isinstance(value, list) else bytes(value)  # type: ignore[call-overload]
+    return sum(struct.unpack(f"={len(data) // 8}Q", data))
+
+
+def read_summary(bpf: BPF, with_latency: bool) -> SummarySnapshot:
+    """Read the --summary maps (cumulative counts; the LRU ones forget their least recent rows);
+    ``with_latency`` (--output-return) the latencies too."""
+    counts = {key.value: _total(value) for key, value in bpf[b"summary_counts"].items()}
+    latency = {key.value: row for key, row in bpf[b"summary_latency"].items()} if with_latency else {}
+    probes = {}
+    for key, count in counts.items():
+        if count:
+            row = latency.get(key)
+            spread = (row.total_ns, row.max_ns, tuple(row.buckets)) if row is not None else (0, 0, ())
+            probes[key] = ProbeCount(count, *spread)
     socks = {
         key.value: SockCount(
             value.count,

@@ -161,7 +161,7 @@ def _writer(
     if spec.summary:
         counter = Counter.RETURN_EMITTED if spec.return_values else Counter.EMITTED
         return SummaryWriter(
-            lambda: read_summary(bpf),
+            lambda: read_summary(bpf, spec.return_values),
             lambda: read_counters(bpf)[counter],
             SummaryRenderer(probes, spec.summary_top),
             sink,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
 
 from ..options import Timestamp
 
@@ -19,12 +18,6 @@ class Stamps:
     wall_ns: int  # since the epoch
     relative_ns: int  # since tracing started
     delta_ns: int  # since the previous event of the same socket; 0 for its first
-
-    @property
-    def wall_iso(self) -> str:
-        seconds, nanos = divmod(self.wall_ns, 1_000_000_000)
-        moment = datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
-        return f"{moment}.{nanos // 1000:06d}Z"
 
 
 class EventClock:

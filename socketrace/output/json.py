@@ -1,10 +1,18 @@
-"""``--output-json``: one object per event, every field present whatever its value."""
+"""``--output-json``: one object per event, every field present whatever its value.
+
+Like the table, the JSON text of what repeats is cached by the record bytes
+it comes from: the socket's fields (``sk`` to ``packet_ifindex``) and the task
+and function; only the times, the thread, the return value and the stack are
+serialized per event. Caches are bounded as the table's are.
+"""
 
 from __future__ import annotations
 
 import json
+import struct
+import time
 
-from ..contract import EVENT_RETURN, SOCK_HAS_SOCKET, Event
+from ..contract import EVENT_RETURN, SOCK_HAS_SOCKET, SOCKET_PART, WHO_PART, Event
 from ..events import stack_of
 from ..symbols import (
     AF_NETLINK,
@@ -21,9 +29,12 @@ from ..symbols import (
     tcp_state_name,
 )
 from .clock import EventClock
-from .text import addresses, unix_path
+from .text import MAX_CACHED, addresses, unix_path
 
 __all__ = ["JsonFormatter"]
+
+_PER_EVENT = struct.Struct("=QqQII")  # ts_ns, retval, duration_ns, pid (thread), flags
+_WHO = struct.Struct("=QIII16s")  # func_ip, cpu, probe_id, tgid, comm
 
 
 class JsonFormatter:
@@ -34,29 +45,58 @@ class JsonFormatter:
         self._probes = probes
         self._clock = clock
         self._symbols = symbols
+        self._who: dict[bytes, tuple[str, str]] = {}
+        self._sock: dict[bytes, str] = {}
+        self._second = (-1, "")  # the last wall-clock second and its text
 
     def format_batch(self, records: list[bytes]) -> str:
         """The lines of a batch of records, each ending in a newline."""
         return "".join(self.format(raw) + "\n" for raw in records)
 
     def format(self, raw: bytes) -> str:
+        ts_ns, retval, duration_ns, tid, flags = _PER_EVENT.unpack_from(raw, 0)
+        sk_bytes = raw[SOCKET_PART[0] : SOCKET_PART[1]]
+        (sk,) = struct.unpack_from("=Q", sk_bytes)
+        stamps = self._clock.stamp(sk, ts_ns)
+        who_key = raw[WHO_PART[0] : WHO_PART[1]]
+        before_tid, after_tid = self._who.get(who_key) or self._who_json(who_key)
+        socket_fields = self._sock.get(sk_bytes) or self._sock_json(raw, sk_bytes)
+        if flags & EVENT_RETURN:
+            kind = self._probes.ret_kind_of(_WHO.unpack(who_key)[2])
+            ret = json.dumps(return_value(retval, kind))
+            ret_fields = f'"ret":{ret},"errno":{json.dumps(errno_name(retval, kind))},"duration_ns":{duration_ns}'
+        else:
+            ret_fields = '"ret":null,"errno":null,"duration_ns":null'
+        stack = json.dumps([self._symbols.describe(a) for a in stack_of(raw)]) if self._symbols else "[]"
+        return (
+            f'{{"time":"{self._wall(stamps.wall_ns)}","ts_ns":{ts_ns},"relative_ns":{stamps.relative_ns},'
+            f'"delta_ns":{stamps.delta_ns},{before_tid}"tid":{tid},{after_tid}{socket_fields},{ret_fields},'
+            f'"stack":{stack}}}'
+        )
+
+    def _wall(self, wall_ns: int) -> str:
+        """ISO 8601 in UTC with microseconds; the date and time are formatted once a second."""
+        seconds, nanos = divmod(wall_ns, 1_000_000_000)
+        if seconds != self._second[0]:
+            self._second = (seconds, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)))
+        return f"{self._second[1]}.{nanos // 1000:06d}Z"
+
+    def _who_json(self, who_key: bytes) -> tuple[str, str]:
+        func_ip, cpu, probe_id, tgid, comm = _WHO.unpack(who_key)
+        name = comm.split(b"\0", 1)[0].decode(errors="replace")
+        func = self._probes.name_of(probe_id, func_ip)
+        parts = (f'"cpu":{cpu},"pid":{tgid},', f'"comm":{json.dumps(name)},"func":{json.dumps(func)},')
+        if len(self._who) >= MAX_CACHED:
+            self._who.clear()
+        self._who[who_key] = parts
+        return parts
+
+    def _sock_json(self, raw: bytes, sk_bytes: bytes) -> str:
         event = Event.from_buffer_copy(raw)
-        stamps = self._clock.stamp(event.sk, event.ts_ns)
         saddr, daddr = addresses(event.family, bytes(event.saddr), bytes(event.daddr)) or (None, None)
         has_socket = bool(event.sock_flags & SOCK_HAS_SOCKET)
         is_unix, is_netlink = event.family == AF_UNIX, event.family == AF_NETLINK
-        is_return = bool(event.flags & EVENT_RETURN)
-        ret_kind = self._probes.ret_kind_of(event.probe_id)
         fields = {
-            "time": stamps.wall_iso,
-            "ts_ns": event.ts_ns,
-            "relative_ns": stamps.relative_ns,
-            "delta_ns": stamps.delta_ns,
-            "cpu": event.cpu,
-            "pid": event.tgid,
-            "tid": event.pid,
-            "comm": event.comm.decode(errors="replace"),
-            "func": self._probes.name_of(event.probe_id, event.func_ip),
             "sk": f"0x{event.sk:x}",
             "ino": event.socket_ino if has_socket else None,
             "family": family_name(event.family),
@@ -85,9 +125,9 @@ class JsonFormatter:
             "netlink_dst_portid": event.detail.netlink.dst_portid if is_netlink else None,
             "netlink_groups": event.detail.netlink.groups if is_netlink else None,
             "packet_ifindex": event.detail.packet.ifindex if event.family == AF_PACKET else None,
-            "ret": return_value(event.retval, ret_kind) if is_return else None,
-            "errno": errno_name(event.retval, ret_kind) if is_return else None,
-            "duration_ns": event.duration_ns if is_return else None,
-            "stack": [self._symbols.describe(address) for address in stack_of(raw)] if self._symbols else [],
         }
-        return json.dumps(fields, separators=(",", ":"))
+        text = json.dumps(fields, separators=(",", ":"))[1:-1]
+        if len(self._sock) >= MAX_CACHED:
+            self._sock.clear()
+        self._sock[sk_bytes] = text
+        return text
