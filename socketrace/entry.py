@@ -23,8 +23,8 @@ def main(argv: list[str] | None = None) -> int:
 
         return cli_main(argv)
     except signals.StopRequested as stop:
-        signals.defer_from_now()
+        signals.ignore_from_now()
         print("socketrace: interrupted", file=sys.stderr)
         return stop.exit_status
     finally:
-        signals.defer_from_now()
+        signals.ignore_from_now()

@@ -129,8 +129,8 @@ def _trace(options: Options, plan: ProgramPlan, bpf: BPF, features: Features, si
                 raise RunError("no probe could be attached")
         stats_enabled = _bpf_stats_enabled()
         set_tracing(bpf, True)
-        _announce_ready(spec.ready_file)
-        with signals.deferred():
+        with signals.deferred():  # tracing from here: a signal now ends the run with status 0
+            _announce_ready(spec.ready_file)
             failure = None
             try:
                 _consume(reader, writer)

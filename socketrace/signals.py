@@ -20,7 +20,7 @@ import contextlib
 import signal
 from collections.abc import Iterator
 
-__all__ = ["StopRequested", "defer_from_now", "deferred", "install", "requested"]
+__all__ = ["StopRequested", "deferred", "ignore_from_now", "install", "requested"]
 
 HANDLED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
@@ -69,10 +69,12 @@ def deferred() -> Iterator[None]:
         _deferring = previous
 
 
-def defer_from_now() -> None:
-    """For the last instructions (reporting, exiting): a late signal must not raise in an atexit handler."""
-    global _deferring
-    _deferring = True
+def ignore_from_now() -> None:
+    """For the last instructions (reporting, exiting, BCC's atexit clean-up): a late signal must
+    neither raise in an atexit handler nor kill the process. Python resets its handlers to the
+    default action when it finalizes, except SIG_IGN, so ignoring is what lasts to the end."""
+    for signum in HANDLED:
+        signal.signal(signum, signal.SIG_IGN)
 
 
 def requested() -> int | None:

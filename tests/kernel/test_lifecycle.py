@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import shlex
 import signal
 import subprocess
 import time
@@ -84,7 +85,7 @@ def test_nothing_stays_attached(trace, backend: Backend, stop_signal: int) -> No
 
 def test_closed_pipe_ends_cleanly(backend: Backend) -> None:
     port = free_port()
-    command = " ".join([*COMMAND, *backend.args(), "--filter-port", str(port)])
+    command = shlex.join([*COMMAND, *backend.args(), "--filter-port", str(port)])
     pipeline = subprocess.Popen(
         ["bash", "-c", f'set -o pipefail; {command} | head -n 2; echo "status=${{PIPESTATUS[0]}}" >&2'],
         stdout=subprocess.PIPE,

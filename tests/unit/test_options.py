@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from socketrace.entry import main
+from socketrace.cli import main
 from socketrace.options import OptionError, parse_addr, parse_netns, parse_protocol, parse_regex
 
 
