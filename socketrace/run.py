@@ -129,23 +129,23 @@ def _trace(options: Options, plan: ProgramPlan, bpf: BPF, features: Features, si
                 raise RunError("no probe could be attached")
         stats_enabled = _bpf_stats_enabled()
         set_tracing(bpf, True)
-        with signals.deferred():  # tracing from here: a signal now ends the run with status 0
-            _announce_ready(spec.ready_file)
-            failure = None
-            try:
-                _consume(reader, writer)
-            except RunError as err:  # the output failed: stop, account, then say so
-                failure = err
-            set_tracing(bpf, False)
-            for records in reader.drain() if reader is not None else ():
-                writer.write(records)  # counted as not printed once the output is gone
-            if failure is None:
-                with contextlib.suppress(RunError):
-                    writer.finish()
-            delivery = Delivery(writer.written, writer.unprinted, spec.summary, spec.return_values)
-            _report(bpf, attacher, delivery, stats_enabled and _bpf_stats_enabled())
-            if failure is not None:
-                raise failure
+        signals.defer_from_now()  # tracing: from here a signal only ends the run, with status 0
+        _announce_ready(spec.ready_file)
+        failure = None
+        try:
+            _consume(reader, writer)
+        except RunError as err:  # the output failed: stop, account, then say so
+            failure = err
+        set_tracing(bpf, False)
+        for records in reader.drain() if reader is not None else ():
+            writer.write(records)  # counted as not printed once the output is gone
+        if failure is None:
+            with contextlib.suppress(RunError):
+                writer.finish()
+        delivery = Delivery(writer.written, writer.unprinted, spec.summary, spec.return_values)
+        _report(bpf, attacher, delivery, stats_enabled and _bpf_stats_enabled())
+        if failure is not None:
+            raise failure
 
 
 def _probe_table(plan: ProgramPlan, symbols: KernelSymbols | None) -> ProbeTable:

@@ -4,11 +4,12 @@ Until tracing starts, a signal raises :class:`StopRequested` wherever Python
 is (importing, discovering, compiling, attaching); it is a BaseException,
 like KeyboardInterrupt, so no ``except Exception`` (BCC's or ours) can swallow
 it, and everything attached is detached as it unwinds. The run then ends with
-128 + the signal's number. While tracing and detaching, signals are
-:func:`deferred`: remembered, never raised, so one that arrives inside a
-ring-buffer callback cannot be lost there, and a second Ctrl+C cannot abandon
-a detach halfway. The tracing loop asks :func:`requested` after every poll
-(a signal also cuts the poll short).
+128 + the signal's number. From the start of tracing to the exit, and while
+detaching, signals are deferred: remembered, never raised, so one that arrives
+inside a ring-buffer callback cannot be lost there, a second Ctrl+C cannot
+abandon a detach halfway, and a run that traced ends with status 0. The
+tracing loop asks :func:`requested` after every poll (a signal also cuts the
+poll short).
 
 This module imports nothing heavy: the entry point installs the handlers
 before importing the rest of socketrace.
@@ -20,7 +21,7 @@ import contextlib
 import signal
 from collections.abc import Iterator
 
-__all__ = ["StopRequested", "deferred", "ignore_from_now", "install", "requested"]
+__all__ = ["StopRequested", "defer_from_now", "deferred", "ignore_from_now", "install", "requested"]
 
 HANDLED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
@@ -67,6 +68,12 @@ def deferred() -> Iterator[None]:
         yield
     finally:
         _deferring = previous
+
+
+def defer_from_now() -> None:
+    """Tracing has started: from here to the exit, a signal only asks the run to stop (status 0)."""
+    global _deferring
+    _deferring = True
 
 
 def ignore_from_now() -> None:

@@ -26,10 +26,11 @@ from .traffic import (
 PID = os.getpid()
 
 
-def test_tcp_ipv4_exact_tuple_and_port_filter(trace, backend: Backend) -> None:
+def test_tcp_ipv4_exact_tuple_port_and_protocol_filters_and_inode(trace, backend: Backend) -> None:
     port, other = free_port(), free_port()
-    tracer = trace(*backend.args(), "--filter-port", str(port))
+    tracer = trace(*backend.args(), "--filter-port", str(port), "--filter-protocol", "tcp", "--output-socket-info")
     tcp_exchange(other)  # another port: must not show
+    udp_exchange(port)  # another protocol: must not show
     exchange = tcp_exchange(port)
     result = tracer.stop()
     assert result.returncode == 0, result.stderr
@@ -43,6 +44,10 @@ def test_tcp_ipv4_exact_tuple_and_port_filter(trace, backend: Backend) -> None:
     counts = result.accounting()
     assert counts["printed"] == len(result.lines) and counts["dropped"] == 0
     assert counts["runs"] == counts["printed"] + counts["no_sock"] + counts["filtered"] + counts["not_tracing"]
+    # The identity on every line: the inode is the client socket file's, as `ss -e` shows it.
+    connected = [line for line in result.lines if client_tuple in line and "state=CONNECTED" in line]
+    assert connected and all(f"f_ino={exchange.client_inode} sk=0x" in line for line in connected), result.lines
+    assert all(line.endswith(f" ino={exchange.client_inode}") for line in connected)
 
 
 def test_tcp_ipv6_with_address_filter(trace, backend: Backend) -> None:
@@ -72,24 +77,18 @@ def test_udp_both_families(trace, backend: Backend) -> None:
     assert result.lines and all("protocol=IPPROTO_UDP" in line for line in result.lines)
 
 
-def test_address_filter_both_ways(trace, backend: Backend) -> None:
+def test_address_and_mark_filters_both_ways(trace, backend: Backend) -> None:
     port = free_port()
-    tracer = trace(*backend.args(), "--filter-addr", "127.0.0.2", "--filter-port", str(port))
-    tcp_exchange(port, host="127.0.0.1")
-    exchange = tcp_exchange(port, host="127.0.0.2")
+    tracer = trace(*backend.args(), "--filter-addr", "127.0.0.2", "--filter-mark", "7", "--filter-port", str(port))
+    other_address = tcp_exchange(port, host="127.0.0.1", mark=7)
+    unmarked = tcp_exchange(port, host="127.0.0.2")
+    wanted = tcp_exchange(port, host="127.0.0.2", mark=7)
     result = tracer.stop()
-    assert any(f":{exchange.client_port} -> 127.0.0.2:{port} " in line for line in result.lines), result.lines
+    client = f":{wanted.client_port} -> 127.0.0.2:{port} "
+    assert any(client in line for line in result.with_func(*backend.sees("tcp"))), result.lines
     assert all("127.0.0.2:" in line for line in result.lines)
-
-
-def test_protocol_filter_both_ways(trace, backend: Backend) -> None:
-    port = free_port()
-    tracer = trace(*backend.args(), "--filter-protocol", "tcp", "--filter-port", str(port))
-    udp_exchange(port)
-    tcp_exchange(port)
-    result = tracer.stop()
-    assert result.with_func(*backend.sees("tcp"))
-    assert all("protocol=IPPROTO_TCP" in line for line in result.lines)
+    assert not [line for line in result.lines if f":{other_address.client_port} " in line]
+    assert not [line for line in result.lines if f":{unmarked.client_port} " in line]
 
 
 def test_pid_filter_both_ways(trace, backend: Backend) -> None:
@@ -101,16 +100,6 @@ def test_pid_filter_both_ways(trace, backend: Backend) -> None:
     result = tracer.stop()
     assert result.with_func(*backend.sees("tcp")), result.lines
     assert {parse(line)[0] for line in result.lines} == {other.pid}
-
-
-def test_mark_filter_both_ways(trace, backend: Backend) -> None:
-    port = free_port()
-    tracer = trace(*backend.args(), "--filter-mark", "7", "--filter-port", str(port))
-    plain = tcp_exchange(port)
-    marked = tcp_exchange(port, mark=7)
-    result = tracer.stop()
-    assert any(f":{marked.client_port} -> 127.0.0.1:{port} " in line for line in result.with_func(*backend.sees("tcp")))
-    assert not [line for line in result.lines if f"127.0.0.1:{plain.client_port} -> " in line]
 
 
 def test_netns_filter(trace, backend: Backend, netns: str) -> None:
@@ -171,17 +160,6 @@ def test_real_tools_curl_and_nc(trace, backend: Backend, tmp_path: Path) -> None
     assert [line for line in result.lines if parse(line)[0] == server.pid]
     assert [line for line in result.lines if "(nc)" in line and f":{nc_port} " in line]
     assert any("state=ESTABLISHED" in line for line in result.lines)
-
-
-def test_socket_info_inode_matches_the_file(trace, backend: Backend) -> None:
-    port = free_port()
-    tracer = trace(*backend.args(), "--filter-port", str(port), "--output-socket-info")
-    exchange = tcp_exchange(port)
-    result = tracer.stop()
-    mine = [line for line in result.with_func(*backend.sees("tcp")) if f":{exchange.client_port} -> " in line]
-    mine = [line for line in mine if "state=CONNECTED" in line]
-    assert mine and all(f"f_ino={exchange.client_inode} sk=0x" in line for line in mine), result.lines
-    assert all(line.endswith(f" ino={exchange.client_inode}") for line in mine)  # the identity on every line
 
 
 def test_stack_is_symbolized(trace, backend: Backend) -> None:
