@@ -75,7 +75,7 @@ class KprobeAttacher(Attacher):
         if not self._attached:
             return
         # Take the perf fds out of BCC's bookkeeping, so its own cleanup does not close them again.
-        fds = [fd for fn_fds in self.bpf.kprobe_fds.values() for fd in fn_fds.values()]
+        fds = _perf_fds(self.bpf.kprobe_fds)
         self.bpf.kprobe_fds.clear()
         self._attached.clear()
         if self.in_background:
@@ -89,6 +89,11 @@ class KprobeAttacher(Attacher):
         self._log_detaching(len(fds), self.noun)
         with progress_bar(len(fds)) as progress:
             close_in_parallel(fds, self.detach_threads, progress)
+
+
+def _perf_fds(kprobe_fds: dict) -> list[int]:
+    """The perf event fds BCC holds: {event: {function: fd}} since 0.19, {event: fd} before (0.18)."""
+    return [fd for value in kprobe_fds.values() for fd in (value.values() if isinstance(value, dict) else [value])]
 
 
 def _remove_in_background(fds: list[int]) -> int:
