@@ -72,6 +72,9 @@
  * SK_SPAN every field the event shows; SOCKET_SPAN the struct socket fields
  * and the inode number that follows it. Fields past a span are read alone. */
 #define SPAN_MAX 1024
+#ifndef SK_HEAD_SPAN
+#define SK_HEAD_SPAN 8 /* family, state, ports and IPv4 addresses: what the cheap filters read */
+#endif
 #ifndef SK_COMMON_SPAN
 #define SK_COMMON_SPAN 8
 #endif
@@ -298,17 +301,19 @@ static __always_inline bool full_sock(u8 state)
 
 /* ---- Filters ------------------------------------------------------------- */
 
+#define HEAD(head, sk, ...) SPAN_FIELD(head, SK_HEAD_SPAN, sk, __VA_ARGS__)
+
 #ifdef FILTER_ADDR6_0
 /* Does either end of the socket have the filtered address? For an IPv4
  * filter, FILTER_ADDR6_* hold its IPv4-mapped form (::ffff:a.b.c.d), which
  * matches AF_INET6 sockets talking IPv4. */
-static __always_inline bool addr_matches(const void *sk, u16 family)
+static __always_inline bool addr_matches(const void *sk, const u8 *head, u16 family)
 {
 	u32 local[4] = {}, remote[4] = {};
 
 	if (family == AF_INET) {
 #ifdef FILTER_ADDR4
-		return FIELD(sk, SK_RCV_SADDR) == FILTER_ADDR4 || FIELD(sk, SK_DADDR) == FILTER_ADDR4;
+		return HEAD(head, sk, SK_RCV_SADDR) == FILTER_ADDR4 || HEAD(head, sk, SK_DADDR) == FILTER_ADDR4;
 #else
 		return false;
 #endif
@@ -330,30 +335,43 @@ static __always_inline u16 sock_protocol(const void *sk)
 	return full_sock(FIELD(sk, SK_STATE)) ? FIELD(sk, SK_PROTOCOL) : IPPROTO_TCP;
 }
 
-/* All active filters, cheapest first, each reading only its own fields.
- * Unset filters compile to nothing. */
+/* All active filters, cheapest first. The sock's head (family, state, ports,
+ * IPv4 addresses: SK_HEAD_SPAN bytes) is copied in one read when any filter
+ * needs it; the other fields are read only by the filter that needs them, and
+ * only once the cheaper ones have passed. Unset filters compile to nothing. */
+#if defined(FILTER_INET) || defined(FILTER_PORT) || defined(FILTER_ADDR6_0) || defined(FILTER_PROTOCOL) || \
+	defined(FILTER_MARK)
+#define FILTERS_READ_HEAD
+#endif
+
 static __always_inline bool passes_filters(const void *sk)
 {
 #ifdef FILTER_PID
 	if ((bpf_get_current_pid_tgid() >> 32) != FILTER_PID)
 		return false;
 #endif
+#ifdef FILTERS_READ_HEAD
+	u8 head[SK_HEAD_SPAN];
+
+	bpf_probe_read_kernel(head, sizeof(head), sk);
+#endif
+#ifdef FILTER_PORT
+	if (HEAD(head, sk, SK_NUM) != FILTER_PORT && swap16(HEAD(head, sk, SK_DPORT)) != FILTER_PORT)
+		return false;
+#endif
 #if defined(FILTER_INET) || defined(FILTER_ADDR6_0)
-	u16 family = FIELD(sk, SK_FAMILY);
+	u16 family = HEAD(head, sk, SK_FAMILY);
 
 	if (family != AF_INET && family != AF_INET6)
 		return false;
 #endif
-#ifdef FILTER_PORT
-	if (FIELD(sk, SK_NUM) != FILTER_PORT && swap16(FIELD(sk, SK_DPORT)) != FILTER_PORT)
-		return false;
-#endif
 #ifdef FILTER_PROTOCOL
-	if (sock_protocol(sk) != FILTER_PROTOCOL)
+	/* A mini sock (time-wait, request) is TCP's; its sk_protocol would be another object's bytes. */
+	if ((full_sock(HEAD(head, sk, SK_STATE)) ? FIELD(sk, SK_PROTOCOL) : IPPROTO_TCP) != FILTER_PROTOCOL)
 		return false;
 #endif
 #ifdef FILTER_MARK
-	if (!full_sock(FIELD(sk, SK_STATE)) || FIELD(sk, SK_MARK) != FILTER_MARK)
+	if (!full_sock(HEAD(head, sk, SK_STATE)) || FIELD(sk, SK_MARK) != FILTER_MARK)
 		return false;
 #endif
 #ifdef FILTER_NETNS
@@ -363,7 +381,7 @@ static __always_inline bool passes_filters(const void *sk)
 		return false;
 #endif
 #ifdef FILTER_ADDR6_0
-	if (!addr_matches(sk, family))
+	if (!addr_matches(sk, head, family))
 		return false;
 #endif
 	return true;

@@ -50,6 +50,8 @@ SOURCE_NAME = "socketrace.c"
 RING_BUFFER_BYTES = 4 << 20  # the event buffer: about 13,000 events of 312 bytes
 SPAN_MAX = 1024  # largest struct copy the program makes in one read (SPAN_MAX in the C)
 SOCKET_SPAN_FIELDS = ("SOCKET_STATE", "SOCKET_TYPE", "SOCKET_FLAGS", "SOCKET_INODE_INO")
+# What the filters read in one copy before deciding (the rest is read only once these pass).
+SK_HEAD_FIELDS = ("SK_FAMILY", "SK_STATE", "SK_NUM", "SK_DPORT", "SK_RCV_SADDR", "SK_DADDR")
 
 
 class ProgramError(Exception):
@@ -150,6 +152,7 @@ def _span_macros(fields: dict[str, FieldLocation]) -> dict[str, str]:
 
     common = span(sorted(sock_common_fields()))
     return {
+        "SK_HEAD_SPAN": str(span(list(SK_HEAD_FIELDS))),
         "SK_COMMON_SPAN": str(common),
         "SK_SPAN": str(max(common, span([name for name in fields if name.startswith("SK_")]))),
         "SOCKET_SPAN": str(span(list(SOCKET_SPAN_FIELDS))),
