@@ -64,7 +64,7 @@ vm-test: venv dist wheel
 	$(BIN)/pytest -v -rs -n 2 tests/vm
 	@echo "platforms:" && cat build/platforms/*.md
 
-# Side by side in one run: untraced, floors and socketrace; ratios over rounds (bench/README.md).
+# Side by side in one run: untraced, floors and socketrace, as ratios over rounds (README, Performance).
 bench: venv
 	$(BIN)/python bench/bench_output.py
 	$(BIN)/python bench/bench_load.py

@@ -16,5 +16,5 @@ def clang_btf(tmp_path_factory: pytest.TempPathFactory) -> Btf:
     clang = require_tool("clang")
     source = Path(__file__).with_name("fixture_types.c")
     obj = tmp_path_factory.mktemp("btf") / "fixture_types.o"
-    subprocess.run([clang, "-g", "-O0", "-target", "bpf", "-c", str(source), "-o", str(obj)], check=True)
+    subprocess.run([clang, "-g", "-O0", "-target", "bpf", "-c", str(source), "-o", str(obj)], check=True, timeout=120)
     return load_btf_file(obj)

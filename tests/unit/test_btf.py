@@ -103,7 +103,11 @@ def _bpftool_raw_dump(path: Path) -> dict[int, dict]:
     """An independent parse of `bpftool btf dump format raw`, the oracle."""
     bpftool = require_tool("bpftool")
     text = subprocess.run(
-        [bpftool, "btf", "dump", "file", str(path), "format", "raw"], check=True, capture_output=True, text=True
+        [bpftool, "btf", "dump", "file", str(path), "format", "raw"],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
     ).stdout
     types: dict[int, dict] = {}
     current: dict = {}
