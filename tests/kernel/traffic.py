@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 LOOPBACK = {socket.AF_INET: "127.0.0.1", socket.AF_INET6: "::1"}
+socket.setdefaulttimeout(120)  # every blocking accept, connect and recv of the tests is bounded
 
 
 @dataclass(frozen=True)
