@@ -117,6 +117,7 @@ class UserlandSpec:
 
 # What every built userland holds for the guest tests; /opt/socketrace-venv adds PIP_PACKAGES.
 GUEST_PACKAGES = (
+    "clang",  # the unit tests compile their BTF fixtures and the C<->Python contract header
     "python3-bpfcc",
     "python3-venv",
     "python3-pip",
