@@ -83,9 +83,10 @@ $(WHEEL): venv $(SOURCES)
 dist: dist/socketrace
 dist/socketrace: venv $(SOURCES)
 	rm -rf build/zipapp && mkdir -p build/zipapp dist
-	# Releases that still run on Python 3.9 (Debian 11): the oldest Python the zipapp may meet.
+	# Releases that still run on Python 3.9 (Debian 11), the oldest Python the zipapp may meet:
+	# click 8.2 needs 3.10, and a local index may not say so.
 	$(BIN)/pip install -q --no-compile --target build/zipapp --python-version 3.9 --only-binary=:all: \
-		click tqdm pyelftools
+		'click>=8,<8.2' tqdm pyelftools
 	cp -rL socketrace build/zipapp/socketrace
 	find build/zipapp -name __pycache__ -prune -exec rm -rf {} +
 	printf 'import sys\nfrom socketrace.entry import main\nsys.exit(main())\n' > build/zipapp/__main__.py

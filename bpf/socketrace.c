@@ -790,9 +790,14 @@ int SHARED_HANDLER_NAME(void *ctx)
 #define ENTER(ctx, probe_id, is_kprobe, arg, arg_kind) enter(ctx, probe_id, is_kprobe, arg, arg_kind)
 #endif
 
+/* An entry point defined by a macro. BCC finds a program by the section it put
+ * it in, and BCC before 0.19 puts only the first of the functions that one
+ * macro expansion defines there: so each says its section itself. */
+#define ENTRY_POINT(name) __attribute__((section(".bpf.fn." #name))) int name
+
 /* One function per raw tracepoint: the program is the only way to know which fired. */
 #define RAWTP(name, probe_id, arg_index, arg_kind)                                    \
-	int name(struct bpf_raw_tracepoint_args *ctx)                                 \
+	ENTRY_POINT(name)(struct bpf_raw_tracepoint_args *ctx)                        \
 	{                                                                             \
 		return ENTER(ctx, probe_id, false, ctx->args[arg_index], arg_kind);   \
 	}
@@ -818,7 +823,7 @@ static __always_inline u64 entry_ip(void *ctx)
 /* Classic kprobes: one function per argument position and kind, attached to
  * many functions; user space names the function from its address. */
 #define KPROBE(name, arg_index, arg_kind)                                                     \
-	int name(void *ctx)                                                                   \
+	ENTRY_POINT(name)(void *ctx)                                                          \
 	{                                                                                     \
 		return ENTER(ctx, NO_PROBE_ID, true, REG(ctx, REG_ARG##arg_index), arg_kind);          \
 	}

@@ -93,6 +93,12 @@ def kernel_tracepoints() -> frozenset[str]:
     return frozenset(line.strip() for line in listing.splitlines() if line.startswith("  "))
 
 
+def kernel_has_module_btf() -> bool:
+    """Loaded modules have BTF files beside vmlinux's (5.11+ with CONFIG_DEBUG_INFO_BTF_MODULES)."""
+    btf = Path("/sys/kernel/btf")
+    return btf.is_dir() and any(entry.name != "vmlinux" for entry in btf.iterdir())
+
+
 @dataclass(frozen=True)
 class Backend:
     """One backend on this kernel: the flags that force it, and what it can see."""
@@ -128,6 +134,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     marker = metafunc.definition.get_closest_marker("backends")
     wanted = (marker.args or ALL_WAYS) if marker else ALL_WAYS
     sees = marker.kwargs.get("sees", ()) if marker else ()
+    if marker is not None and marker.kwargs.get("module_btf") and not kernel_has_module_btf():
+        wanted = ()  # Debian 11's 5.10 has no BTF for its modules (CONFIG_DEBUG_INFO_BTF_MODULES)
     backends = [
         Backend(way, kernel_tracepoints())
         for way in kernel_ways()
@@ -139,7 +147,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if marker is not None and marker.kwargs.get("best_only"):
         backends = backends[:1]
     if not backends:
-        needs = ", ".join(wanted) + (f" seeing {', '.join(sees)}" if sees else "")
+        needs = ", ".join(wanted) or "kernel modules with BTF"
+        needs += f" seeing {', '.join(sees)}" if sees else ""
         NOT_APPLICABLE[metafunc.definition.nodeid] = f"needs {needs}; this kernel offers {', '.join(kernel_ways())}"
     metafunc.parametrize("backend", backends, ids=[backend.way for backend in backends])
 

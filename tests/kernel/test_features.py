@@ -254,7 +254,7 @@ def tracer_command() -> list[str]:
     return COMMAND
 
 
-@pytest.mark.backends("kprobe", "kprobe-multi")
+@pytest.mark.backends("kprobe", "kprobe-multi", module_btf=True)
 def test_kernel_module_functions(trace, backend: Backend) -> None:
     """sctp's functions, found in its module BTF, traced with the backend under test."""
     subprocess.run(["modprobe", "sctp"], check=True, timeout=120)

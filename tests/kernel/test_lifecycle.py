@@ -105,6 +105,7 @@ def test_closed_pipe_ends_cleanly(backend: Backend) -> None:
     assert settles(nothing_attached)
 
 
+@pytest.mark.backends(sees=("udp",))
 def test_signal_under_sustained_load_ends_the_run(trace, backend: Backend) -> None:
     """Output keeps flowing while a load lasts, and a signal in the middle of a poll ends the run."""
     with UdpFlood(senders=2):

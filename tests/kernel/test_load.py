@@ -38,6 +38,7 @@ def _runs_seen_by_bpftool() -> int:
     return sum(prog.get("run_cnt", 0) for prog in socketrace_programs() if prog.get("name") != "shared_handler")
 
 
+@pytest.mark.backends(sees=("udp",))
 def test_overload_accounts_for_every_probe_run(trace, backend: Backend, bpf_stats: None) -> None:
     """Several senders, no filter: whatever is dropped is counted by cause, and printed + dropped +
     without a socket + filtered + not tracing equals the kernel's own count of runs."""

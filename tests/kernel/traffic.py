@@ -13,7 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 LOOPBACK = {socket.AF_INET: "127.0.0.1", socket.AF_INET6: "::1"}
-socket.setdefaulttimeout(120)  # every blocking accept, connect and recv of the tests is bounded
+# Server-side waits are bounded. Clients stay blocking: Python makes a socket with a timeout
+# non-blocking, and the kernel leaves a non-blocking connect's socket->state at SS_CONNECTING.
+SERVER_TIMEOUT = 120
 
 
 @dataclass(frozen=True)
@@ -29,12 +31,14 @@ def tcp_exchange(port: int, family: int = socket.AF_INET, host: str | None = Non
     host = host or LOOPBACK[family]
     with socket.socket(family, socket.SOCK_STREAM) as server:
         server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.settimeout(SERVER_TIMEOUT)
         server.bind((host, port))
         server.listen()
 
         def serve() -> None:
             conn, _ = server.accept()
             with conn:
+                conn.settimeout(SERVER_TIMEOUT)
                 conn.sendall(conn.recv(100))
 
         thread = threading.Thread(target=serve)
@@ -54,6 +58,7 @@ def udp_exchange(port: int, family: int = socket.AF_INET, host: str | None = Non
     """A connected UDP client sends a datagram; the server answers it."""
     host = host or LOOPBACK[family]
     with socket.socket(family, socket.SOCK_DGRAM) as server, socket.socket(family, socket.SOCK_DGRAM) as client:
+        server.settimeout(SERVER_TIMEOUT)
         server.bind((host, port))
         client.connect((host, port))
         client.send(b"ping")

@@ -107,7 +107,7 @@ def test_this_kernel_positions(vmlinux: Btf) -> None:
     assert found["tcp_sendmsg"] == (0, ArgKind.SOCK)
     assert found["inet_release"] == (0, ArgKind.SOCKET)
     sock_count = sum(1 for _, kind in found.values() if kind is ArgKind.SOCK)
-    assert sock_count > 1300
+    assert sock_count > 800  # 954 on Debian 11's 5.10, 1,378 on 6.18
 
 
 def test_this_kernel_const_sock_functions_are_found(vmlinux: Btf) -> None:
@@ -117,17 +117,23 @@ def test_this_kernel_const_sock_functions_are_found(vmlinux: Btf) -> None:
         if any(vmlinux.pointee_struct(t) == ("sock", True) for t in func.param_types[:5])
     ]
     found = _positions(find_socket_probes(vmlinux.functions(), vmlinux, ProbeKind.FUNCTION))
-    assert len(const_sock) > 100
+    assert len(const_sock) > 50  # 74 on 5.10, over 100 on 6.x
     assert all(name in found for name in const_sock)
 
 
 def test_this_kernel_tracepoints(vmlinux: Btf) -> None:
-    found = _positions(find_socket_probes(vmlinux.raw_tracepoints(), vmlinux, ProbeKind.TRACEPOINT))
-    assert found["inet_sock_set_state"] == (0, ArgKind.SOCK)
-    assert found["sock_send_length"] == (0, ArgKind.SOCK)
-    with_skb = find_socket_probes(vmlinux.raw_tracepoints(), vmlinux, ProbeKind.TRACEPOINT, skb=True)
+    """Every raw tracepoint with a sock among its arguments is found at that argument (on any kernel:
+    which tracepoints exist changes with the release)."""
+    tracepoints = vmlinux.raw_tracepoints()
+    found = _positions(find_socket_probes(tracepoints, vmlinux, ProbeKind.TRACEPOINT))
+    assert found["inet_sock_set_state"] == (0, ArgKind.SOCK)  # every release since 4.16
+    for proto in tracepoints:
+        structs = [(vmlinux.pointee_struct(param) or ("",))[0] for param in proto.param_types[:5]]
+        if "sock" in structs:
+            assert found[proto.name] == (structs.index("sock"), ArgKind.SOCK), proto.name
+    with_skb = _positions(find_socket_probes(tracepoints, vmlinux, ProbeKind.TRACEPOINT, skb=True))
     assert len(with_skb) > len(found)
-    assert _positions(with_skb)["kfree_skb"][1] is ArgKind.SOCK  # a sock argument wins over the skb
+    assert all(with_skb[name] == position for name, position in found.items())  # a sock wins over an skb
 
 
 def test_module_functions_use_the_base_pointer_types() -> None:

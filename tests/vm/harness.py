@@ -124,6 +124,8 @@ GUEST_PACKAGES = (
     "iproute2",
     "bpftool",
     "kmod",
+    "mount",  # and util-linux (setpriv): not essential in every suite's minimal root
+    "util-linux",
     "procps",
     "curl",
     "netcat-openbsd",
