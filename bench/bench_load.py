@@ -37,6 +37,7 @@ ROOT = Path(__file__).parents[1]
 SOCKETRACE = [sys.executable, "-m", "socketrace"]
 STATS = Path("/proc/sys/kernel/bpf_stats_enabled")
 PROGRAM_NAMES = re.compile(r"rawtp_|kprobe_")  # entry programs (not the tail-call target)
+ALL_PROGRAMS = re.compile(r"rawtp_|kprobe_|shared_handler")
 
 
 @dataclass
@@ -59,14 +60,19 @@ def workload(binary: Path, seconds: float) -> float:
     return int(out.stdout) / seconds
 
 
-def entry_stats() -> tuple[int, int]:
-    """(run_cnt, run_time_ns) summed over the loaded entry programs of socketrace (or of the floor)."""
+def _programs(names: re.Pattern[str]) -> list[dict]:
+    """The loaded BPF programs whose names match, as ``bpftool prog show`` describes them."""
     listing = json.loads(
         subprocess.run(
             ["bpftool", "-j", "prog", "show"], check=True, capture_output=True, text=True, timeout=120
         ).stdout
     )
-    progs = [prog for prog in listing if PROGRAM_NAMES.match(prog.get("name", ""))]
+    return [prog for prog in listing if names.match(prog.get("name", ""))]
+
+
+def entry_stats() -> tuple[int, int]:
+    """(run_cnt, run_time_ns) summed over the loaded entry programs of socketrace (or of the floor)."""
+    progs = _programs(PROGRAM_NAMES)
     return sum(prog.get("run_cnt", 0) for prog in progs), sum(prog.get("run_time_ns", 0) for prog in progs)
 
 
@@ -168,7 +174,7 @@ def once(args: argparse.Namespace, work: Path) -> list[str]:
     before = cpu_seconds()
     time.sleep(3)
     idle = (cpu_seconds() - before) / 3
-    maps = {m for p in _socketrace_progs() for m in p.get("map_ids", [])}
+    maps = {m for p in _programs(ALL_PROGRAMS) for m in p.get("map_ids", [])}
     listing = json.loads(
         subprocess.run(["bpftool", "-j", "map", "show"], capture_output=True, text=True, timeout=120).stdout
     )
@@ -188,13 +194,6 @@ def _lines_in(path: Path) -> int:
     """Event lines written so far (the header is not one)."""
     with open(path, "rb") as events:
         return max(0, sum(1 for _ in events) - 1)
-
-
-def _socketrace_progs() -> list[dict]:
-    listing = json.loads(
-        subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True, timeout=120).stdout
-    )
-    return [prog for prog in listing if re.match(r"rawtp_|kprobe_|shared_handler", prog.get("name", ""))]
 
 
 def _spread(values: list[float], form: str) -> str:

@@ -71,7 +71,9 @@
  * covers the sock_common fields (valid in every sock, mini ones included),
  * SK_SPAN every field the event shows; SOCKET_SPAN the struct socket fields
  * and the inode number that follows it. Fields past a span are read alone. */
-#define SPAN_MAX 1024
+#ifndef SPAN_MAX
+#error "SPAN_MAX is defined by socketrace/program.py, which computes the spans within it"
+#endif
 #ifndef SK_HEAD_SPAN
 #define SK_HEAD_SPAN 8 /* family, state, ports and IPv4 addresses: what the cheap filters read */
 #endif
@@ -329,11 +331,9 @@ static __always_inline bool addr_matches(const void *sk, const u8 *head, u16 fam
 }
 #endif
 
-/* A mini sock is TCP's; its sk_protocol would be another object's bytes. */
-static __always_inline u16 sock_protocol(const void *sk)
-{
-	return full_sock(FIELD(sk, SK_STATE)) ? FIELD(sk, SK_PROTOCOL) : IPPROTO_TCP;
-}
+/* A mini sock (time-wait, request) is TCP's; its sk_protocol would be another
+ * object's bytes, so read_protocol is evaluated only for a full sock. */
+#define PROTOCOL_OF(state, read_protocol) (full_sock(state) ? (read_protocol) : IPPROTO_TCP)
 
 /* All active filters, cheapest first. The sock's head (family, state, ports,
  * IPv4 addresses: SK_HEAD_SPAN bytes) is copied in one read when any filter
@@ -366,8 +366,7 @@ static __always_inline bool passes_filters(const void *sk)
 		return false;
 #endif
 #ifdef FILTER_PROTOCOL
-	/* A mini sock (time-wait, request) is TCP's; its sk_protocol would be another object's bytes. */
-	if ((full_sock(HEAD(head, sk, SK_STATE)) ? FIELD(sk, SK_PROTOCOL) : IPPROTO_TCP) != FILTER_PROTOCOL)
+	if (PROTOCOL_OF(HEAD(head, sk, SK_STATE), FIELD(sk, SK_PROTOCOL)) != FILTER_PROTOCOL)
 		return false;
 #endif
 #ifdef FILTER_MARK
@@ -395,7 +394,7 @@ static __always_inline bool frees_sock(void *ctx, u32 probe_id)
 #if defined(TRACK_FREE_PROBE_ID)
 	return probe_id == TRACK_FREE_PROBE_ID;
 #elif defined(TRACK_FREE_IP)
-	return entry_ip(ctx) - TRACK_FREE_IP < 16; /* the ip may point just past the breakpoint */
+	return entry_ip(ctx) - TRACK_FREE_IP < IP_TOLERANCE; /* the ip may point just past the breakpoint */
 #else
 	return false;
 #endif
@@ -537,7 +536,7 @@ static __always_inline void fill_event(struct event *event, struct scratch *scra
 		__builtin_memset(copy + SK_COMMON_SPAN, 0, SK_SPAN - SK_COMMON_SPAN);
 	}
 	event->family = SK(copy, sk, SK_FAMILY);
-	event->protocol = full_sock(event->state) ? SK(copy, sk, SK_PROTOCOL) : IPPROTO_TCP;
+	event->protocol = PROTOCOL_OF(event->state, SK(copy, sk, SK_PROTOCOL));
 	event->type = SK(copy, sk, SK_TYPE);
 	event->sport = SK(copy, sk, SK_NUM);
 	event->dport = swap16(SK(copy, sk, SK_DPORT));
@@ -634,7 +633,7 @@ static __always_inline void label_sock(struct sock_summary *row, const void *sk)
 
 	bpf_probe_read_kernel(copy, sizeof(copy), sk);
 	row->family = SPAN_FIELD(copy, SK_COMMON_SPAN, sk, SK_FAMILY);
-	row->protocol = sock_protocol(sk);
+	row->protocol = PROTOCOL_OF(FIELD(sk, SK_STATE), FIELD(sk, SK_PROTOCOL));
 	row->sport = SPAN_FIELD(copy, SK_COMMON_SPAN, sk, SK_NUM);
 	row->dport = swap16(SPAN_FIELD(copy, SK_COMMON_SPAN, sk, SK_DPORT));
 	row->netns = FIELD((const void *)SPAN_FIELD(copy, SK_COMMON_SPAN, sk, SK_NET), NET_NS_INUM);

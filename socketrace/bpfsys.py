@@ -156,6 +156,9 @@ def prog_stats(prog_fd: int) -> ProgStats:
     info = ctypes.create_string_buffer(PROG_INFO_SIZE)
     _bpf(BPF_OBJ_GET_INFO_BY_FD, _bpf_attr_info(prog_fd, PROG_INFO_SIZE, ctypes.addressof(info)))
     raw = info.raw
+
+    def u64(offset: int) -> int:
+        return struct.unpack_from("=Q", raw, offset)[0]
+
     (prog_id,) = struct.unpack_from("=I", raw, PROG_INFO_ID)
-    run_time_ns, run_cnt, misses = struct.unpack_from("=QQQ", raw, PROG_INFO_RUN_TIME_NS)
-    return ProgStats(prog_id, run_cnt, run_time_ns, misses)
+    return ProgStats(prog_id, u64(PROG_INFO_RUN_CNT), u64(PROG_INFO_RUN_TIME_NS), u64(PROG_INFO_RECURSION_MISSES))

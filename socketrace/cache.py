@@ -4,8 +4,9 @@ Scanning a kernel's BTF for the functions that take a socket is the slowest
 part of starting up (seconds under emulation), and its answer only changes
 when the kernel does. Entries are keyed by what identifies the input (a build
 id, a content hash) plus socketrace's own version, written atomically, and
-never trusted blindly: anything unreadable is a miss. A cache that cannot be
-written (read-only or full disk) costs speed, never a failure.
+never trusted blindly: anything unreadable, or that the caller's ``parse``
+rejects, is a miss (values from the cache become compiler flags). A cache that
+cannot be written (read-only or full disk) costs speed, never a failure.
 """
 
 from __future__ import annotations
@@ -17,11 +18,15 @@ import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
+
+from . import __version__
 
 __all__ = ["cache_dir", "cached"]
 
 log = logging.getLogger("socketrace")
+
+T = TypeVar("T")
 
 # Bumped whenever what is cached changes meaning; part of every key.
 SCHEMA = "2"
@@ -41,20 +46,21 @@ def cache_dir() -> Path | None:
     return Path(xdg) / "socketrace"
 
 
-def cached(kind: str, key: str, build: Callable[[], Any]) -> Any:
-    """``build()``'s JSON-serialisable value, from the cache when ``kind``/``key`` is there."""
+def cached(kind: str, key: str, build: Callable[[], Any], parse: Callable[[Any], T]) -> T:
+    """``parse`` of ``build()``'s JSON-serialisable value, taken from the cache when ``kind``/``key``
+    is there and ``parse`` accepts it (it raises TypeError, ValueError or KeyError otherwise)."""
     directory = cache_dir()
     if directory is None:
-        return build()
-    digest = hashlib.sha256(f"{SCHEMA}\0{key}".encode()).hexdigest()[:32]
+        return parse(build())
+    digest = hashlib.sha256(f"{SCHEMA}\0{__version__}\0{key}".encode()).hexdigest()[:32]
     path = directory / f"{kind}-{digest}.json"
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
+        return parse(json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError, KeyError):
         pass
     value = build()
     _store(directory, kind, path, value)
-    return value
+    return parse(value)
 
 
 def _store(directory: Path, kind: str, path: Path, value: Any) -> None:

@@ -13,6 +13,7 @@ compiles the header with clang and reads its BTF back.
 from __future__ import annotations
 
 import ctypes
+import struct
 from enum import IntEnum
 
 __all__ = [
@@ -50,6 +51,9 @@ SOCK_HAS_SOCKET = 1  # sk->sk_socket was set: socket_* fields and socket_ino are
 
 # probe_id of classic kprobes, which carry no cookie: the function is named by its address.
 NO_PROBE_ID = 0xFFFF_FFFF
+# Classic kprobes without bpf_get_func_ip() see the instruction pointer, which may point just past
+# the breakpoint: an ip less than this many bytes past a function's address is that function.
+IP_TOLERANCE = 16
 
 # control[0]: events flow only while it says TRACING (set once attached, cleared at stop).
 CONTROL_STOPPED = 0
@@ -214,6 +218,8 @@ class Event(ctypes.Structure):
 EVENT_SIZE = ctypes.sizeof(Event)
 # Byte ranges of the record the reader caches text by.
 WHO_PART = (Event.func_ip.offset, Event.comm.offset + COMM_LEN)
+# The who part as the formatters unpack it: func_ip, cpu, probe_id, tgid, comm.
+WHO_STRUCT = struct.Struct(f"=QIII{COMM_LEN}s")
 SOCKET_PART = (Event.sk.offset, EVENT_SIZE)
 
 
@@ -227,6 +233,7 @@ def contract_macros() -> dict[str, str]:
         "EVENT_RETURN": EVENT_RETURN,
         "SOCK_HAS_SOCKET": SOCK_HAS_SOCKET,
         "NO_PROBE_ID": f"{NO_PROBE_ID}U",
+        "IP_TOLERANCE": IP_TOLERANCE,
         "CONTROL_TRACING": CONTROL_TRACING,
         "COUNTER_MAX": len(Counter),
     }

@@ -26,7 +26,6 @@ from .cache import cached
 from .contract import ArgKind, ReturnKind
 from .features import AVAILABLE_FILTER_FUNCTIONS
 from .options import Options
-from .symbols import KernelSymbols
 
 __all__ = [
     "Discovery",
@@ -159,6 +158,9 @@ SOCK_COMMON_PREFIX = "sock.__sk_common."
 
 # Without these the program cannot identify or filter a socket at all.
 REQUIRED_FIELDS = frozenset({"SK_FAMILY", "SK_DPORT", "SK_NUM", "SK_DADDR", "SK_RCV_SADDR", "SK_PROTOCOL", "SOCKET_SK"})
+# Fields located by adding the offsets of several members (kernel_field_locations).
+COMPOSED_FIELDS = ("SOCKET_INODE_INO", "UNIX_ADDRESS_PATH")
+FIELD_MACROS = frozenset(FIELD_PATHS) | frozenset(COMPOSED_FIELDS)
 
 # The kprobe entries read the first five arguments, the instruction pointer and
 # the return value from struct pt_regs, per the kernel's calling convention
@@ -209,7 +211,6 @@ class Discovery:
     skipped: Counter[str] = field(default_factory=Counter)
     function_source: str = ""
     registers: dict[str, int] = field(default_factory=dict)
-    sock_free_ip: int | None = None  # address of SOCK_FREE_FUNCTION, for --filter-track-sock
 
 
 # --- questions to BTF ----------------------------------------------------------
@@ -324,7 +325,13 @@ def _probe_to_json(probe: Probe) -> list[Any]:
 
 def _probe_from_json(item: list[Any], kind: ProbeKind) -> Probe:
     name, arg_index, arg_kind, ret_kind, ret_size = item
+    if not isinstance(name, str) or not _is_int(arg_index, ret_size):
+        raise TypeError(f"not a probe: {item!r}")
     return Probe(name, arg_index, ArgKind(arg_kind), kind, ReturnKind(ret_kind), ret_size)
+
+
+def _is_int(*values: Any) -> bool:
+    return all(type(value) is int for value in values)
 
 
 def _btf_identity(path: str) -> str:
@@ -339,10 +346,28 @@ def _btf_identity(path: str) -> str:
     return "sha256:" + hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def _vmlinux_types(btf_path: str) -> tuple[KernelTypes, Btf | None]:
+def _kernel_types_from_json(value: dict[str, Any], machine: str) -> KernelTypes:
+    """The cached answer, checked: its field and register offsets become compiler flags, so only
+    the macro names socketrace defines, with integer values, are taken."""
+    fields = {name: FieldLocation(*loc) for name, loc in value["fields"].items()}
+    if set(fields) != FIELD_MACROS or not all(_is_int(*vars(loc).values()) for loc in fields.values()):
+        raise ValueError("cached field locations do not match this socketrace")
+    registers = value["registers"]
+    if set(registers) not in (set(), set(REGISTER_PATHS.get(machine, ()))) or not _is_int(*registers.values()):
+        raise ValueError("cached register offsets do not match this socketrace")
+    return KernelTypes(
+        tuple(_probe_from_json(item, ProbeKind.FUNCTION) for item in value["functions"]),
+        tuple(_probe_from_json(item, ProbeKind.TRACEPOINT) for item in value["tracepoints"]),
+        fields,
+        registers,
+    )
+
+
+def _vmlinux_types(btf_path: str, identity: str) -> tuple[KernelTypes, Btf | None]:
     """The kernel's own types (from the cache when this kernel was seen before), and
     its parsed BTF when it had to be read (modules' split BTF needs it as a base)."""
     parsed: list[Btf] = []
+    machine = platform.machine()
 
     def scan() -> dict[str, Any]:
         btf = _load(btf_path)
@@ -352,24 +377,14 @@ def _vmlinux_types(btf_path: str) -> tuple[KernelTypes, Btf | None]:
             "functions": [_probe_to_json(probe) for probe in socket_functions(btf)],
             "tracepoints": [_probe_to_json(probe) for probe in tracepoints],
             "fields": {name: list(vars(loc).values()) for name, loc in kernel_field_locations(btf).items()},
-            "registers": register_offsets(btf, platform.machine()),
+            "registers": register_offsets(btf, machine),
         }
 
-    try:
-        identity = _btf_identity(btf_path)
-    except OSError as err:
-        raise DiscoveryError(f"cannot read kernel BTF {btf_path}: {err.strerror}") from err
-    value = cached("vmlinux", f"{identity}\0{platform.machine()}", scan)
-    types = KernelTypes(
-        tuple(_probe_from_json(item, ProbeKind.FUNCTION) for item in value["functions"]),
-        tuple(_probe_from_json(item, ProbeKind.TRACEPOINT) for item in value["tracepoints"]),
-        {name: FieldLocation(*loc) for name, loc in value["fields"].items()},
-        value["registers"],
-    )
+    types = cached("vmlinux", f"{identity}\0{machine}", scan, lambda value: _kernel_types_from_json(value, machine))
     return types, (parsed[0] if parsed else None)
 
 
-def _module_functions(path: Path, btf_path: str, vmlinux: list[Btf | None]) -> list[Probe]:
+def _module_functions(path: Path, btf_path: str, kernel_identity: str, vmlinux: list[Btf | None]) -> list[Probe]:
     """A module's socket functions, from its split BTF over the kernel's (cached like the kernel's)."""
 
     def scan() -> list[list[Any]]:
@@ -389,8 +404,12 @@ def _module_functions(path: Path, btf_path: str, vmlinux: list[Btf | None]) -> l
         raise DiscoveryError(f"--kmods: module {path.name} has no BTF here (not loaded?)") from None
     except OSError as err:
         raise DiscoveryError(f"cannot read BTF of module {path.name}: {err.strerror}") from err
-    value = cached("module", f"{identity}\0{_btf_identity(btf_path)}", scan)
-    return [_probe_from_json(item, ProbeKind.FUNCTION) for item in value]
+    return cached(
+        "module",
+        f"{identity}\0{kernel_identity}",
+        scan,
+        lambda value: [_probe_from_json(item, ProbeKind.FUNCTION) for item in value],
+    )
 
 
 def _load(path: str) -> Btf:
@@ -497,24 +516,21 @@ def discover(options: Options, with_functions: bool, with_registers: bool = Fals
     ``--list-funcs``): the tracepoint backend does not need them.
     ``with_registers`` requires this architecture's pt_regs layout.
     """
-    types, vmlinux = _vmlinux_types(options.kernel_btf)
+    try:
+        identity = _btf_identity(options.kernel_btf)
+    except OSError as err:
+        raise DiscoveryError(f"cannot read kernel BTF {options.kernel_btf}: {err.strerror}") from err
+    types, vmlinux = _vmlinux_types(options.kernel_btf, identity)
     skipped: Counter[str] = Counter()
     functions: list[Probe] = []
     source = ""
-    sock_free_ip = None
     if with_functions:
         candidates = list(types.functions)
         base = [vmlinux]
         for path in _module_btf_paths(options):
-            candidates += _module_functions(path, options.kernel_btf, base)
+            candidates += _module_functions(path, options.kernel_btf, identity, base)
         traceable, source = traceable_functions()
         functions = _select_functions(candidates, traceable, kprobe_blacklist(), options.filter_funcs, skipped)
-        if options.filters.track_sock and any(probe.name == SOCK_FREE_FUNCTION for probe in functions):
-            sock_free_ip = (
-                KernelSymbols.from_kallsyms({SOCK_FREE_FUNCTION})
-                .address_of({SOCK_FREE_FUNCTION})
-                .get(SOCK_FREE_FUNCTION)
-            )
     tracepoints = [
         probe
         for probe in types.tracepoints
@@ -522,4 +538,4 @@ def discover(options: Options, with_functions: bool, with_registers: bool = Fals
         and (options.filter_funcs is None or options.filter_funcs.fullmatch(probe.name))
     ]
     registers = require_registers(types.registers) if with_registers else types.registers
-    return Discovery(functions, tracepoints, dict(types.fields), skipped, source, registers, sock_free_ip)
+    return Discovery(functions, tracepoints, dict(types.fields), skipped, source, registers)

@@ -17,8 +17,8 @@ __all__ = ["main"]
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the exit status."""
-    signals.install()
     try:
+        signals.install()
         from .cli import main as cli_main
 
         return cli_main(argv)

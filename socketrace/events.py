@@ -2,8 +2,8 @@
 
 The reader takes at most ``batch`` records per poll, so the caller writes
 them out before taking more: output keeps flowing while a load lasts, and
-the reader's memory stays bounded (one batch of records) however fast the
-kernel produces. On a ring buffer it uses libbpf's consumer (through libbcc,
+the reader's memory stays bounded (one batch of records; with a perf buffer,
+its per-CPU rings' worth) however fast the kernel produces. On a ring buffer it uses libbpf's consumer (through libbcc,
 which BCC itself uses): a callback that returns a negative value stops the
 consumer after the record it was given, with the consumer position already
 past it. Records that never fit are counted by the program, per cause (see
@@ -26,33 +26,18 @@ if TYPE_CHECKING:
 __all__ = [
     "EventReader",
     "ProbeCount",
-    "Record",
     "SockCount",
     "SummarySnapshot",
     "TaskCount",
-    "decode_record",
     "read_counters",
     "read_summary",
     "set_tracing",
+    "stack_of",
 ]
 
 BATCH = 1024  # records per poll: a few ms of formatting, then the lines are written
 PERF_BUFFER_PAGES = 64  # per CPU, for kernels without ring buffers (before 5.8)
 _STACK_BYTES = struct.Struct("=i")
-
-
-@dataclass(frozen=True)
-class Record:
-    """One decoded record: the event and the kernel stack that followed it (--output-stack)."""
-
-    event: Event
-    stack: tuple[int, ...]
-
-
-def decode_record(raw: bytes) -> Record:
-    """Split a raw record into its event and stack addresses (the slower path of JSON output)."""
-    event = Event.from_buffer_copy(raw, 0)
-    return Record(event, stack_of(raw))
 
 
 def stack_of(raw: bytes) -> tuple[int, ...]:
@@ -107,7 +92,8 @@ class EventReader:
         return records
 
     def poll(self, timeout_ms: int) -> list[bytes]:
-        """Wait up to timeout_ms for records; at most one batch of them."""
+        """Wait up to timeout_ms for records: at most one batch from a ring buffer; from a perf
+        buffer whatever its per-CPU rings hold (PERF_BUFFER_PAGES each), which bounds it too."""
         self._room = self._batch
         if self._manager is None:
             self._bpf.perf_buffer_poll(timeout_ms)

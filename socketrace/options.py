@@ -276,10 +276,13 @@ def validate(options: Options) -> Options:
                 raise OptionError(f"{flag} has no effect with --summary: choose one")
     if output.file is not None and output.file == output.ready_file:
         raise OptionError("--output-file and --ready-file name the same file")
+    if options.skb_tracepoints:
+        if way in (AttachWay.KPROBE, AttachWay.KPROBE_MULTI):
+            raise OptionError(f"--skb-tracepoints needs the tracepoint backend, not --kprobe-way {way.value}")
+        way = AttachWay.TRACEPOINT  # sk_buff tracepoints are what was asked for
+    chosen = "--skb-tracepoints" if options.skb_tracepoints else f"--kprobe-way {way.value}"
     if output.return_values and way in (AttachWay.KPROBE, AttachWay.TRACEPOINT):
-        raise OptionError(f"--output-return and --filter-errors need kprobe-multi, not --kprobe-way {way.value}")
+        raise OptionError(f"--output-return and --filter-errors need kprobe-multi, not {chosen}")
     if (options.kmods or options.all_kmods) and way is AttachWay.TRACEPOINT:
-        raise OptionError("--kmods and --all-kmods trace module functions, which --kprobe-way tracepoint cannot")
-    if options.skb_tracepoints and way in (AttachWay.KPROBE, AttachWay.KPROBE_MULTI):
-        raise OptionError(f"--skb-tracepoints needs the tracepoint backend, not --kprobe-way {way.value}")
-    return replace(options, output=output)
+        raise OptionError(f"--kmods and --all-kmods trace module functions, which {chosen} cannot")
+    return replace(options, output=output, attach_way=way)

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 from . import bpfsys, contract
 from .contract import kprobe_entry_name, rawtp_entry_name
-from .discovery import Discovery, FieldLocation, Probe, sock_common_fields
+from .discovery import SOCK_FREE_FUNCTION, Discovery, FieldLocation, Probe, sock_common_fields
 from .features import Features
 from .options import AttachWay, Filters, Options
 
@@ -87,11 +87,17 @@ class ProgramPlan:
 
 
 def plan_program(
-    options: Options, discovery: Discovery, way: AttachWay, features: Features, empty_entries: bool = False
+    options: Options,
+    discovery: Discovery,
+    way: AttachWay,
+    features: Features,
+    sock_free_ip: int | None = None,
+    empty_entries: bool = False,
 ) -> ProgramPlan:
     """Choose the probes the backend serves, the entries to load, and the program's macros.
 
-    ``empty_entries`` makes every entry return at once: the benchmarks' floor.
+    ``sock_free_ip`` is SOCK_FREE_FUNCTION's address, which classic kprobes need for
+    --filter-track-sock; ``empty_entries`` makes every entry return at once: the benchmarks' floor.
     """
     probes = tuple(discovery.tracepoints if way is AttachWay.TRACEPOINT else discovery.functions)
     macros = macro_definitions(options, discovery.fields, features)
@@ -102,11 +108,11 @@ def plan_program(
         if features.get_func_ip:
             macros["HAVE_GET_FUNC_IP"] = "1"
     if options.filters.track_sock:
-        free_ids = [probe_id for probe_id, probe in enumerate(probes) if probe.name == "sk_destruct"]
+        free_ids = [probe_id for probe_id, probe in enumerate(probes) if probe.name == SOCK_FREE_FUNCTION]
         if way is AttachWay.KPROBE_MULTI and free_ids:
             macros["TRACK_FREE_PROBE_ID"] = str(free_ids[0])
-        elif way is AttachWay.KPROBE and discovery.sock_free_ip:
-            macros["TRACK_FREE_IP"] = f"{discovery.sock_free_ip}ULL"
+        elif way is AttachWay.KPROBE and free_ids and sock_free_ip:
+            macros["TRACK_FREE_IP"] = f"{int(sock_free_ip)}ULL"
     if options.output.summary:
         # One row per probe; classic kprobes key rows by function address, one per attached function too.
         macros["SUMMARY_PROBES"] = str(max(1, len(probes)))

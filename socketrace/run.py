@@ -17,15 +17,15 @@ import dataclasses
 import importlib
 import logging
 import os
-import select
 import threading
+import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, TextIO
 
 from . import signals
 from .attach import Attacher, choose_way, make_attacher
 from .contract import RETURN_KPROBE_MULTI, ArgKind, Counter
-from .discovery import Discovery, Probe, discover
+from .discovery import SOCK_FREE_FUNCTION, Discovery, Probe, discover
 from .errors import RunError, stage
 from .events import EventReader, read_counters, read_summary, set_tracing
 from .features import Features, bcc_loads_kprobe_multi, detect_features
@@ -51,19 +51,18 @@ POLL_TIMEOUT_MS = 100
 
 def run(options: Options, stdout: TextIO) -> int:
     """Trace until stopped; returns the exit status."""
-    log.debug("interpreter and imports: %.2f s after exec", _seconds_since_process_start())
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug("interpreter and imports: %.2f s after exec", _seconds_since_process_start())
     if options.list_funcs:
         with stage("reading kernel types"):
-            stdout.write(list_functions(discover(options, with_functions=True), options.list_funcs))
-        return 0
+            discovery = discover(options, with_functions=True)
+        return _print_listing(list_functions(discovery, options.list_funcs), stdout)
     if os.geteuid() != 0 and not options.dump_program:
         raise RunError("tracing needs root (CAP_BPF and CAP_PERFMON)")
     _import_in_background("bcc", "tqdm")  # about 1.5 s under emulation; the kernel is probed meanwhile
     with stage("probing the kernel's BPF features"):
         features = detect_features(with_bcc=False) if os.geteuid() == 0 else Features(ring_buffer=True, kprobes=False)
-    requested = options.attach_way
-    if requested is AttachWay.AUTO and options.skb_tracepoints:
-        requested = AttachWay.TRACEPOINT  # sk_buff tracepoints are what was asked for
+    requested = options.attach_way  # TRACEPOINT with --skb-tracepoints (options.validate)
     kprobes = features.kprobes and requested is not AttachWay.TRACEPOINT
     with stage("reading kernel types"):
         discovery = discover(options, with_functions=kprobes, with_registers=kprobes)
@@ -71,26 +70,51 @@ def run(options: Options, stdout: TextIO) -> int:
     way = choose_way(requested, features)
     if options.output.return_values and way is not AttachWay.KPROBE_MULTI:
         raise RunError(f"--output-return and --filter-errors need kprobe-multi (5.18+); this kernel offers {way.value}")
-    plan = _plan(options, discovery, features, way)
+    symbols = _kernel_symbols(options.output, way, discovery)
+    plan = _plan(options, discovery, features, way, symbols)
     if options.dump_program:
-        stdout.write(program_listing(plan))
-        return 0
+        return _print_listing(program_listing(plan), stdout)
     if options.output.ready_file is not None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(options.output.ready_file)  # a stale one would release a waiting script too early
     with stage("compiling the BPF program"):
         bpf = compile_program(plan)
     with _output(options.output.file, stdout) as sink:
-        _trace(options, plan, bpf, features, sink)
+        _trace(options, plan, bpf, features, symbols, sink)
     return 0
 
 
-def _plan(options: Options, discovery: Discovery, features: Features, way: AttachWay) -> ProgramPlan:
+def _print_listing(text: str, stdout: TextIO) -> int:
+    """--list-funcs and --ebpf: a reader that goes away early (``| head``) is not an error."""
+    try:
+        stdout.write(text)
+        stdout.flush()
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, stdout.fileno())  # so that closing stdout at exit cannot fail again
+        os.close(devnull)
+    return 0
+
+
+def _kernel_symbols(spec: OutputSpec, way: AttachWay, discovery: Discovery) -> KernelSymbols | None:
+    """Classic kprobes name functions by address (and find sk_destruct's for --filter-track-sock),
+    --output-stack names frames: one read of kallsyms serves both, the others need none."""
+    if spec.stack:
+        return KernelSymbols.from_kallsyms(None)
+    if way is AttachWay.KPROBE:
+        return KernelSymbols.from_kallsyms({probe.name for probe in discovery.functions})
+    return None
+
+
+def _plan(
+    options: Options, discovery: Discovery, features: Features, way: AttachWay, symbols: KernelSymbols | None
+) -> ProgramPlan:
     if discovery.functions:
         log.info("%d functions take a socket (checked against %s)", len(discovery.functions), discovery.function_source)
     for reason, count in sorted(discovery.skipped.items()):
         log.info("Left out %d functions: %s", count, reason)
-    plan = plan_program(options, discovery, way, features)
+    sock_free_ip = symbols.address_of({SOCK_FREE_FUNCTION}).get(SOCK_FREE_FUNCTION) if symbols is not None else None
+    plan = plan_program(options, discovery, way, features, sock_free_ip)
     if not plan.probes and not options.dump_program:
         what = "function" if way is not AttachWay.TRACEPOINT else "raw tracepoint"
         raise OptionError(f"--filter-funcs: no {what} that takes a socket matches here (see --list-funcs)")
@@ -109,24 +133,22 @@ def _import_in_background(*modules: str) -> None:
     threading.Thread(target=load, name="preload", daemon=True).start()
 
 
-def _trace(options: Options, plan: ProgramPlan, bpf: BPF, features: Features, sink: TextIO) -> None:
+def _trace(
+    options: Options, plan: ProgramPlan, bpf: BPF, features: Features, symbols: KernelSymbols | None, sink: TextIO
+) -> None:
     """Attach, trace until asked to stop, stop, report."""
     spec = options.output
-    # Classic kprobes name functions by address, --output-stack names frames: one read of kallsyms.
-    symbols = None
-    if spec.stack or plan.way is AttachWay.KPROBE:
-        symbols = KernelSymbols.from_kallsyms(None if spec.stack else {probe.name for probe in plan.probes})
     probes = _probe_table(plan, symbols)
     with contextlib.ExitStack() as stack:
         reader = None
         if not spec.summary:
             reader = EventReader(bpf, use_perf_buffer=not features.ring_buffer or options.perf_buffer)
             stack.callback(reader.close)
-        writer = _writer(spec, probes, sink, symbols, bpf)
         attacher = stack.enter_context(make_attacher(bpf, plan, options.wait_detach))
         with stage("attaching"):
             if attacher.attach().attached == 0:
                 raise RunError("no probe could be attached")
+        writer = _writer(spec, probes, sink, symbols, bpf)  # its clock starts with tracing
         stats_enabled = _bpf_stats_enabled()
         set_tracing(bpf, True)
         signals.defer_from_now()  # tracing: from here a signal only ends the run, with status 0
@@ -140,9 +162,11 @@ def _trace(options: Options, plan: ProgramPlan, bpf: BPF, features: Features, si
         for records in reader.drain() if reader is not None else ():
             writer.write(records)  # counted as not printed once the output is gone
         if failure is None:
-            with contextlib.suppress(RunError):
-                writer.finish()
-        delivery = Delivery(writer.written, writer.unprinted, spec.summary, spec.return_values)
+            try:
+                writer.finish()  # the summary's last table
+            except RunError as err:
+                failure = err
+        delivery = Delivery(writer.written, writer.unprinted, spec.summary, spec.return_values, writer.closed)
         _report(bpf, attacher, delivery, stats_enabled and _bpf_stats_enabled())
         if failure is not None:
             raise failure
@@ -199,16 +223,10 @@ def _consume(reader: EventReader | None, writer: LineWriter | SummaryWriter) -> 
     writer.start()
     while signals.requested() is None and not writer.done:
         if reader is None:
-            _sleep(POLL_TIMEOUT_MS)  # --summary: the program counts in its maps
+            time.sleep(POLL_TIMEOUT_MS / 1000)  # --summary: the program counts in its maps
         else:
             writer.write(reader.poll(POLL_TIMEOUT_MS))
         writer.tick()
-
-
-def _sleep(timeout_ms: int) -> None:
-    """Sleep until the next tick, or less when a signal arrives."""
-    with contextlib.suppress(InterruptedError):
-        select.select([], [], [], timeout_ms / 1000)
 
 
 def _bpf_stats_enabled() -> bool:

@@ -8,8 +8,8 @@ it, and everything attached is detached as it unwinds. The run then ends with
 detaching, signals are deferred: remembered, never raised, so one that arrives
 inside a ring-buffer callback cannot be lost there, a second Ctrl+C cannot
 abandon a detach halfway, and a run that traced ends with status 0. The
-tracing loop asks :func:`requested` after every poll (a signal also cuts the
-poll short).
+tracing loop asks :func:`requested` after every poll (a signal cuts a
+ring-buffer poll short; a --summary tick ends within its 100 ms sleep).
 
 This module imports nothing heavy: the entry point installs the handlers
 before importing the rest of socketrace.
@@ -44,10 +44,11 @@ _pending: int | None = None
 
 
 def _handler(signum: int, _frame: object) -> None:
-    global _pending
+    global _pending, _deferring
     if _deferring:
         _pending = _pending or signum
         return
+    _deferring = True  # a second signal must not raise again inside the clean-up this one starts
     raise StopRequested(signum)
 
 

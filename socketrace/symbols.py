@@ -10,7 +10,7 @@ import bisect
 import errno
 from collections.abc import Iterable
 
-from .contract import NO_PROBE_ID, ReturnKind
+from .contract import IP_TOLERANCE, NO_PROBE_ID, ReturnKind
 
 __all__ = [
     "KernelSymbols",
@@ -212,8 +212,6 @@ class ProbeTable:
     just past the entry breakpoint on older kernels, hence the small tolerance.
     """
 
-    IP_TOLERANCE = 16
-
     def __init__(
         self,
         names: list[str],
@@ -230,7 +228,7 @@ class ProbeTable:
         if probe_id != NO_PROBE_ID:
             return self._names[probe_id]
         index = bisect.bisect_right(self._addresses, func_ip) - 1
-        if index >= 0 and func_ip - self._addresses[index] <= self.IP_TOLERANCE:
+        if index >= 0 and func_ip - self._addresses[index] < IP_TOLERANCE:
             return self._by_address[index]
         return f"unknown+0x{func_ip:x}"
 

@@ -105,11 +105,11 @@ class Attacher(ABC):
         """Attach every probe, recording successes and failures in self.report."""
 
     def _attach_each(
-        self, probes: tuple[Probe, ...], progress: tqdm, attach_one: Callable[[int, Probe], None]
-    ) -> list[str]:
+        self, probes: tuple[Probe, ...], progress: tqdm, attach_one: Callable[[int, Probe], None], attached: list[str]
+    ) -> None:
         """Attach probes one at a time; a refusal is recorded with BCC's reason, not fatal, and
-        nothing BCC prints reaches the terminal. Returns the attached names."""
-        attached = []
+        nothing BCC prints reaches the terminal. Each name goes into ``attached`` as soon as it is
+        attached, so that a signal in the middle detaches exactly what was attached."""
         for probe_id, probe in enumerate(probes):
             with captured_stderr() as printed:
                 try:
@@ -123,7 +123,6 @@ class Attacher(ABC):
             else:
                 self.report.failed[probe.name] = (printed[0].strip() or failure).splitlines()[0]
             progress.update()
-        return attached
 
     def entry_stats(self) -> list[ProgStats]:
         """What the kernel counted for each entry program (run counts need kernel.bpf_stats_enabled=1)."""

@@ -59,7 +59,6 @@ class KprobeAttacher(Attacher):
         self.in_background = in_background
         self.detach_threads = detach_threads
         self.remover_pid: int | None = None  # the child removing the probes, when in the background
-        self._attached: list[str] = []
 
     def _attach(self, probes: tuple[Probe, ...], progress: tqdm) -> None:
         _raise_fd_limit(len(probes) + SPARE_FDS)
@@ -69,23 +68,26 @@ class KprobeAttacher(Attacher):
             entry = kprobe_entry_name(probe.arg_index, probe.arg_kind)
             self.bpf.attach_kprobe(event=probe.name.encode(), fn_name=entry.encode())
 
-        self._attached = self._attach_each(probes, progress, attach_one)
+        self._attach_each(probes, progress, attach_one, [])  # BCC's kprobe_fds records them
 
     def detach(self) -> None:
-        if not self._attached:
-            return
         # Take the perf fds out of BCC's bookkeeping, so its own cleanup does not close them again.
         fds = _perf_fds(self.bpf.kprobe_fds)
-        self.bpf.kprobe_fds.clear()
-        self._attached.clear()
-        if self.in_background:
-            self.remover_pid = _remove_in_background(fds)
-            log.info(
-                "Removing %d kprobes in the background (pid %d); --wait-detach waits for it instead",
-                len(fds),
-                self.remover_pid,
-            )
+        if not fds:
             return
+        self.bpf.kprobe_fds.clear()
+        if self.in_background:
+            try:
+                self.remover_pid = _remove_in_background(fds)
+            except OSError as err:
+                log.warning("Cannot fork to remove the kprobes in the background (%s): removing them now", err.strerror)
+            else:
+                log.info(
+                    "Removing %d kprobes in the background (pid %d); --wait-detach waits for it instead",
+                    len(fds),
+                    self.remover_pid,
+                )
+                return
         self._log_detaching(len(fds), self.noun)
         with progress_bar(len(fds)) as progress:
             close_in_parallel(fds, self.detach_threads, progress)

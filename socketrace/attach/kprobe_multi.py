@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 __all__ = ["KprobeMultiAttacher"]
 
-# The kernel cannot do kprobe-multi at all: fall back to another backend.
+# The kernel cannot do kprobe-multi at all (auto-detection probed it; a forced --kprobe-way may not have).
 UNSUPPORTED = (errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL)
 
 
@@ -39,30 +39,41 @@ class KprobeMultiAttacher(Attacher):
         batch = [(probe.name, _cookie(probe_id, probe)) for probe_id, probe in enumerate(probes)]
         fds = {entry.name: self.bpf.funcs[entry.name.encode()].fd for entry in self.plan.entries}
         if contract.RETURN_KPROBE_MULTI in fds:
-            # Returns first, so that no call is remembered at entry without its return being seen.
-            self._link(fds[contract.RETURN_KPROBE_MULTI], batch, is_return=True)
-        self._link(fds[contract.ENTRY_KPROBE_MULTI], batch, progress)
+            # Returns first, and entries only where the return is linked: a call remembered at
+            # entry whose return is never seen would stay in the calls table.
+            refused: dict[str, str] = {}
+            self._link(fds[contract.RETURN_KPROBE_MULTI], batch, refused, is_return=True)
+            self.report.failed.update({name: f"return probe: {reason}" for name, reason in refused.items()})
+            batch = [item for item in batch if item[0] not in refused]
+            progress.update(len(refused))
+        self._link(fds[contract.ENTRY_KPROBE_MULTI], batch, self.report.failed, progress)
 
     def _link(
-        self, prog_fd: int, batch: list[tuple[str, int]], progress: tqdm | None = None, is_return: bool = False
+        self,
+        prog_fd: int,
+        batch: list[tuple[str, int]],
+        refused: dict[str, str],
+        progress: tqdm | None = None,
+        is_return: bool = False,
     ) -> None:
-        """Link a batch; on ESRCH split it to find the refused symbols. Entry links make the report."""
+        """Link a batch; on ESRCH split it to find the symbols the kernel refuses (into ``refused``)."""
+        if not batch:
+            return
         try:
             fd = bpfsys.bpf_link_create_kprobe_multi(
                 prog_fd, [name for name, _ in batch], [cookie for _, cookie in batch], is_return
             )
         except OSError as err:
-            if err.errno in UNSUPPORTED and not self._links and not self.report.failed:
+            if err.errno in UNSUPPORTED and not self._links and not refused:
                 raise AttachError(f"kprobe-multi link refused: {err.strerror}") from None
             if len(batch) == 1:
-                if not is_return:
-                    self.report.failed[batch[0][0]] = err.strerror or str(err)
+                refused[batch[0][0]] = err.strerror or str(err)
                 if progress is not None:
                     progress.update()
                 return
             middle = len(batch) // 2
-            self._link(prog_fd, batch[:middle], progress, is_return)
-            self._link(prog_fd, batch[middle:], progress, is_return)
+            self._link(prog_fd, batch[:middle], refused, progress, is_return)
+            self._link(prog_fd, batch[middle:], refused, progress, is_return)
             return
         self._links.append((fd, 0 if is_return else len(batch)))
         if not is_return:

@@ -30,7 +30,7 @@ class RawTracepointAttacher(Attacher):
         def attach_one(probe_id: int, probe: Probe) -> None:
             self.bpf.attach_raw_tracepoint(tp=probe.name.encode(), fn_name=rawtp_entry_name(probe_id).encode())
 
-        self._attached = self._attach_each(probes, progress, attach_one)
+        self._attach_each(probes, progress, attach_one, self._attached)
 
     def detach(self) -> None:
         if not self._attached:

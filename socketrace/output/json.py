@@ -12,7 +12,7 @@ import json
 import struct
 import time
 
-from ..contract import EVENT_RETURN, SOCK_HAS_SOCKET, SOCKET_PART, WHO_PART, Event
+from ..contract import EVENT_RETURN, SOCK_HAS_SOCKET, SOCKET_PART, WHO_PART, WHO_STRUCT, Event
 from ..events import stack_of
 from ..symbols import (
     AF_NETLINK,
@@ -34,7 +34,6 @@ from .text import MAX_CACHED, addresses, unix_path
 __all__ = ["JsonFormatter"]
 
 _PER_EVENT = struct.Struct("=QqQII")  # ts_ns, retval, duration_ns, pid (thread), flags
-_WHO = struct.Struct("=QIII16s")  # func_ip, cpu, probe_id, tgid, comm
 
 
 class JsonFormatter:
@@ -62,7 +61,7 @@ class JsonFormatter:
         before_tid, after_tid = self._who.get(who_key) or self._who_json(who_key)
         socket_fields = self._sock.get(sk_bytes) or self._sock_json(raw, sk_bytes)
         if flags & EVENT_RETURN:
-            kind = self._probes.ret_kind_of(_WHO.unpack(who_key)[2])
+            kind = self._probes.ret_kind_of(WHO_STRUCT.unpack(who_key)[2])
             ret = json.dumps(return_value(retval, kind))
             ret_fields = f'"ret":{ret},"errno":{json.dumps(errno_name(retval, kind))},"duration_ns":{duration_ns}'
         else:
@@ -82,7 +81,7 @@ class JsonFormatter:
         return f"{self._second[1]}.{nanos // 1000:06d}Z"
 
     def _who_json(self, who_key: bytes) -> tuple[str, str]:
-        func_ip, cpu, probe_id, tgid, comm = _WHO.unpack(who_key)
+        func_ip, cpu, probe_id, tgid, comm = WHO_STRUCT.unpack(who_key)
         name = comm.split(b"\0", 1)[0].decode(errors="replace")
         func = self._probes.name_of(probe_id, func_ip)
         parts = (f'"cpu":{cpu},"pid":{tgid},', f'"comm":{json.dumps(name)},"func":{json.dumps(func)},')

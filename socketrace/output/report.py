@@ -1,17 +1,20 @@
 """The exit report: what was printed, and where every other probe run went.
 
 Every run of an entry program ends in exactly one of the program's counters
-(contract.Counter), so the line adds up: printed (or counted, or not printed
-past --output-limit-lines) + dropped + without a socket + filtered out + while
-not tracing = the entry programs' runs, the number ``bpftool prog show``
-reports as run_cnt when ``kernel.bpf_stats_enabled=1`` (shown too, then).
+(contract.Counter), so the first line adds up: printed (or counted, or not
+printed: past --output-limit-lines or after the output went away) + dropped +
+without a socket + filtered out + while not tracing = the entry programs' runs,
+the number ``bpftool prog show`` reports as run_cnt when
+``kernel.bpf_stats_enabled=1`` (shown too, then). With --output-return, events
+are made at the returns: the entries that passed are the calls remembered, and
+a second line accounts for the return program's runs the same way.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..contract import Counter
+from ..contract import ENTRY_OUTCOMES, RETURN_OUTCOMES, Counter
 
 __all__ = ["Delivery", "KernelRuns", "accounting_lines"]
 
@@ -29,9 +32,10 @@ class Delivery:
     """What user space did with the events the program sent."""
 
     printed: int  # lines written (or, with --summary, events counted)
-    unprinted: int = 0  # sent, but past --output-limit-lines
+    unprinted: int = 0  # sent, but past --output-limit-lines or after the output went away
     summary: bool = False
     returns: bool = False  # --output-return: events are made at returns
+    output_gone: bool = False  # the output failed or its reader left: why ``unprinted`` were not printed
 
 
 @dataclass(frozen=True)
@@ -51,12 +55,13 @@ def _drops(counters: dict[Counter, int], causes: dict[Counter, str]) -> tuple[in
 
 def accounting_lines(counters: dict[Counter, int], delivery: Delivery, kernel: KernelRuns) -> list[str]:
     """One line for the entry runs; with --output-return one more for the returns."""
-    dropped, causes = _drops(counters, ENTRY_DROPS if not delivery.returns else {**ENTRY_DROPS, **RETURN_DROPS})
-    entry_runs = sum(counters[counter] for counter in Counter if counter <= Counter.CALLS_FULL)
+    dropped, causes = _drops(counters, ENTRY_DROPS)
+    entry_runs = sum(counters[counter] for counter in ENTRY_OUTCOMES)
     verb = "counted" if delivery.summary else "printed"
     line = f"{delivery.printed} events {verb}, {dropped} dropped ({causes})"
     if delivery.unprinted:
-        line += f", {delivery.unprinted} past --output-limit-lines"
+        why = "the output was gone" if delivery.output_gone else "past --output-limit-lines"
+        line += f", {delivery.unprinted} not printed ({why})"
     line += (
         f", {counters[Counter.NO_SOCK]} probe runs without a socket, {counters[Counter.FILTERED]} filtered out,"
         f" {counters[Counter.NOT_TRACING]} before ready or after stop: {entry_runs} probe runs"
@@ -65,14 +70,13 @@ def accounting_lines(counters: dict[Counter, int], delivery: Delivery, kernel: K
         line += f" (the kernel counted {kernel.entry_runs})"
     lines = [line]
     if delivery.returns:
-        return_runs = sum(
-            counters[counter] for counter in Counter if Counter.RETURN_EMITTED <= counter <= Counter.RETURN_NESTED
-        )
+        return_runs = sum(counters[counter] for counter in RETURN_OUTCOMES)
+        return_dropped, return_causes = _drops(counters, RETURN_DROPS)
         line = (
             f"{return_runs} returns: {counters[Counter.RETURN_EMITTED]} events,"
             f" {counters[Counter.RETURN_UNMATCHED]} of calls not followed (filtered at entry or entered earlier),"
             f" {counters[Counter.RETURN_NOT_ERROR]} not an error, {counters[Counter.RETURN_NOT_TRACING]} after stop,"
-            f" {counters[Counter.RETURN_BUFFER_FULL] + counters[Counter.RETURN_NESTED]} dropped"
+            f" {return_dropped} dropped ({return_causes})"
         )
         if kernel.return_runs is not None:
             line += f" (the kernel counted {kernel.return_runs})"

@@ -14,7 +14,7 @@ import ctypes
 import socket
 import struct
 
-from ..contract import EVENT_RETURN, SOCK_HAS_SOCKET, SOCKET_PART, WHO_PART, Event
+from ..contract import EVENT_RETURN, SOCK_HAS_SOCKET, SOCKET_PART, WHO_PART, WHO_STRUCT, Event
 from ..events import stack_of
 from ..options import OutputSpec
 from ..symbols import (
@@ -43,7 +43,6 @@ FUNC_WIDTH = 32
 TIME_WIDTH = 15
 MAX_CACHED = 16_384  # entries per cache (a few MiB): a busy host fits, a flood of new sockets is bounded
 
-_WHO = struct.Struct("=QIII16s")  # func_ip, cpu, probe_id, tgid, comm
 _RETURN = struct.Struct("=qQ")  # retval, duration_ns
 _FLAGS = Event.flags.offset  # its low byte holds EVENT_RETURN (little-endian machines)
 _TS_NS = struct.Struct("=Q")
@@ -156,7 +155,7 @@ class TextFormatter:
         return line
 
     def _who_text(self, raw: bytes) -> str:
-        func_ip, cpu, probe_id, tgid, comm = _WHO.unpack_from(raw, WHO_PART[0])
+        func_ip, cpu, probe_id, tgid, comm = WHO_STRUCT.unpack_from(raw, WHO_PART[0])
         name = comm.split(b"\0", 1)[0].decode(errors="replace")
         process = f"{tgid}({name})"
         func = self._probes.name_of(probe_id, func_ip)

@@ -187,7 +187,7 @@ class TraceResult:
     def accounting(self) -> dict[str, int]:
         """The numbers of the exit report's first line."""
         match = re.search(
-            r"(\d+) events (?:printed|counted), (\d+) dropped \(([^)]*)\)(?:, (\d+) past --output-limit-lines)?, "
+            r"(\d+) events (?:printed|counted), (\d+) dropped \(([^)]*)\)(?:, (\d+) not printed \([^)]*\))?, "
             r"(\d+) probe runs without a socket, (\d+) filtered out, (\d+) before ready or after stop: "
             r"(\d+) probe runs(?: \(the kernel counted (\d+)\))?",
             self.stderr,

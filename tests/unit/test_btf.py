@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from socketrace import bpfsys
 from socketrace.btf import Btf, BtfError, load_btf_file
 from socketrace.discovery import FIELD_PATHS
 
@@ -171,3 +172,21 @@ def test_this_kernel_agrees_with_bpftool() -> None:
             assert btf.member(path).bit_offset == expected, path
             checked += 1
     assert checked >= len(FIELD_PATHS) - 1
+
+
+def test_bpf_prog_info_offsets_are_this_kernels() -> None:
+    require(VMLINUX_BTF.exists(), "this kernel has no /sys/kernel/btf/vmlinux")
+    btf = load_btf_file(VMLINUX_BTF)
+    for field, offset in (
+        ("id", bpfsys.PROG_INFO_ID),
+        ("run_time_ns", bpfsys.PROG_INFO_RUN_TIME_NS),
+        ("run_cnt", bpfsys.PROG_INFO_RUN_CNT),
+        ("recursion_misses", bpfsys.PROG_INFO_RECURSION_MISSES),
+    ):
+        try:
+            member = btf.member(f"bpf_prog_info.{field}")
+        except BtfError:
+            assert field == "recursion_misses"  # 5.12+: older kernels leave those bytes 0
+            continue
+        assert member.byte_offset == offset, field
+        assert member.byte_offset + member.size <= bpfsys.PROG_INFO_SIZE

@@ -98,3 +98,13 @@ def test_every_counter_and_kind_reaches_the_c() -> None:
 
     unused = [name for name in macros if not name.startswith(enumerations) and not used(name)]
     assert not unused, f"contract macros the C never uses: {unused}"
+
+
+def test_the_formatters_unpack_the_who_part_field_by_field() -> None:
+    start, end = contract.WHO_PART
+    names = ("func_ip", "cpu", "probe_id", "tgid", "comm")
+    assert contract.WHO_STRUCT.size == end - start
+    record = Event(func_ip=0x1234, cpu=3, probe_id=7, tgid=42, comm=b"sshd")
+    assert contract.WHO_STRUCT.unpack_from(bytes(record), start) == tuple(
+        getattr(record, name) if name != "comm" else b"sshd".ljust(contract.COMM_LEN, b"\0") for name in names
+    )

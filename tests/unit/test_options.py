@@ -93,6 +93,8 @@ BAD_INPUTS = [
     ["--kprobe-way", "tracepoint", "--filter-errors"],
     ["--kprobe-way", "tracepoint", "--kmods", "sctp"],
     ["--kprobe-way", "kprobe-multi", "--skb-tracepoints"],
+    ["--skb-tracepoints", "--output-return"],
+    ["--skb-tracepoints", "--kmods", "sctp"],
     ["--kernel-btf", "/nonexistent/vmlinux"],
     ["--list-funcs", "sockets"],
     ["--no-such-flag"],

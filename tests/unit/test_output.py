@@ -9,7 +9,7 @@ import re
 import struct
 
 from socketrace.contract import EVENT_RETURN, EVENT_SIZE, NO_PROBE_ID, SOCK_HAS_SOCKET, Counter, Event, ReturnKind
-from socketrace.events import ProbeCount, SockCount, SummarySnapshot, TaskCount, decode_record
+from socketrace.events import ProbeCount, SockCount, SummarySnapshot, TaskCount, stack_of
 from socketrace.options import OutputSpec, Timestamp
 from socketrace.output.clock import EventClock
 from socketrace.output.json import JsonFormatter
@@ -106,7 +106,7 @@ def test_cached_text_follows_the_bytes_it_came_from() -> None:
 
 def test_stack_follows_the_event_and_is_symbolized() -> None:
     record = raw(stack_bytes=16) + struct.pack("=QQ", 0x1010, 0x2000) + b"\0" * 48
-    assert decode_record(record).stack == (0x1010, 0x2000)
+    assert stack_of(record) == (0x1010, 0x2000)
     symbols = KernelSymbols([(0x1000, "tcp_sendmsg"), (0x2000, "sock_sendmsg")])
     lines = TextFormatter(OutputSpec(stack=True), PROBES, symbols).format(record).splitlines()
     assert lines[1:] == ["    tcp_sendmsg+0x10", "    sock_sendmsg"]
@@ -220,6 +220,21 @@ def test_accounting_line_adds_up() -> None:
     summary = accounting_lines(counters, Delivery(10, summary=True), KernelRuns(None, None, 7))
     assert summary[0].startswith("10 events counted, 5 dropped") and "kernel counted" not in summary[0]
     assert summary[1] == "7 probe hits skipped by the kernel (a BPF program was already running)"
+    gone = accounting_lines(counters, Delivery(6, unprinted=4, output_gone=True), KernelRuns(None, None, 0))
+    assert gone[0].startswith("6 events printed, 5 dropped (buffer full: 4, nested: 1), 4 not printed (the output was")
+
+
+def test_return_drops_are_accounted_on_the_returns_line_only() -> None:
+    counters = dict.fromkeys(Counter, 0)
+    counters.update({Counter.EMITTED: 9, Counter.CALLS_FULL: 1, Counter.RETURN_EMITTED: 5})
+    counters.update({Counter.RETURN_UNMATCHED: 2, Counter.RETURN_BUFFER_FULL: 2})
+    entry, returns = accounting_lines(counters, Delivery(5, returns=True), KernelRuns(10, 9, 0))
+    assert entry.startswith("5 events printed, 1 dropped (calls table full: 1),") and entry.endswith(
+        ": 10 probe runs (the kernel counted 10)"
+    )
+    assert returns.startswith("9 returns: 5 events, 2 of calls not followed") and returns.endswith(
+        "2 dropped (buffer full: 2) (the kernel counted 9)"
+    )
 
 
 def test_event_size() -> None:
