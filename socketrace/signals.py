@@ -7,7 +7,9 @@ it, and everything attached is detached as it unwinds. The run then ends with
 128 + the signal's number. From the start of tracing to the exit, and while
 detaching, signals are deferred: remembered, never raised, so one that arrives
 inside a ring-buffer callback cannot be lost there, a second Ctrl+C cannot
-abandon a detach halfway, and a run that traced ends with status 0. The
+abandon a detach halfway, and a run that traced ends with status 0. A write
+of events blocked by a reader that stopped reading is the one thing a stop
+cuts short: :func:`bounded_write` gives it a second, then abandons it. The
 tracing loop asks :func:`requested` after every poll (a signal cuts a
 ring-buffer poll short; a --summary tick ends within its 100 ms sleep).
 
@@ -21,9 +23,25 @@ import contextlib
 import signal
 from collections.abc import Iterator
 
-__all__ = ["StopRequested", "defer_from_now", "deferred", "ignore_from_now", "install", "requested"]
+__all__ = [
+    "OutputStalled",
+    "StopRequested",
+    "bounded_write",
+    "defer_from_now",
+    "deferred",
+    "ignore_from_now",
+    "install",
+    "requested",
+]
 
 HANDLED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+# Once a stop is asked for, a write of events gets this long to complete (a pipe whose reader
+# stopped reading would block it for ever), then it is abandoned.
+WRITE_GRACE_S = 1.0
+
+
+class OutputStalled(Exception):
+    """A write of events did not complete within WRITE_GRACE_S of a stop request."""
 
 
 class StopRequested(BaseException):
@@ -41,15 +59,49 @@ class StopRequested(BaseException):
 
 _deferring = False
 _pending: int | None = None
+_writing = False  # inside bounded_write()
+_timer_armed = False
 
 
 def _handler(signum: int, _frame: object) -> None:
     global _pending, _deferring
     if _deferring:
         _pending = _pending or signum
+        if _writing:
+            _arm_write_timer()
         return
     _deferring = True  # a second signal must not raise again inside the clean-up this one starts
     raise StopRequested(signum)
+
+
+def _on_write_timer(_signum: int, _frame: object) -> None:
+    if _writing:
+        raise OutputStalled
+
+
+def _arm_write_timer() -> None:
+    global _timer_armed
+    if not _timer_armed:
+        signal.signal(signal.SIGALRM, _on_write_timer)
+        signal.setitimer(signal.ITIMER_REAL, WRITE_GRACE_S)
+        _timer_armed = True
+
+
+@contextlib.contextmanager
+def bounded_write() -> Iterator[None]:
+    """A write that may block: once a stop is requested (before or during it), it gets
+    WRITE_GRACE_S to complete, then OutputStalled is raised inside it."""
+    global _writing, _timer_armed
+    _writing = True
+    try:
+        if _pending is not None:
+            _arm_write_timer()
+        yield
+    finally:
+        _writing = False
+        if _timer_armed:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            _timer_armed = False
 
 
 def install() -> None:

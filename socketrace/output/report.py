@@ -35,7 +35,7 @@ class Delivery:
     unprinted: int = 0  # sent, but past --output-limit-lines or after the output went away
     summary: bool = False
     returns: bool = False  # --output-return: events are made at returns
-    output_gone: bool = False  # the output failed or its reader left: why ``unprinted`` were not printed
+    output_gone: bool = False  # the output failed, or its reader left or stalled: why ``unprinted`` were not printed
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,7 @@ def accounting_lines(counters: dict[Counter, int], delivery: Delivery, kernel: K
     verb = "counted" if delivery.summary else "printed"
     line = f"{delivery.printed} events {verb}, {dropped} dropped ({causes})"
     if delivery.unprinted:
-        why = "the output was gone" if delivery.output_gone else "past --output-limit-lines"
+        why = "the output stopped taking them" if delivery.output_gone else "past --output-limit-lines"
         line += f", {delivery.unprinted} not printed ({why})"
     line += (
         f", {counters[Counter.NO_SOCK]} probe runs without a socket, {counters[Counter.FILTERED]} filtered out,"

@@ -3,9 +3,10 @@
 Both writers take batches of raw records and a periodic ``tick``; ``finish``
 ends the run (the summary prints its last period there). The line writer
 keeps the line limit and counts what it did not print. When the reader of a
-pipe goes away (``| head``) writing stops quietly; any other failure (a full
-disk) stops it with a RunError naming the output. Either way the sink is
-pointed at /dev/null, so closing it at exit cannot fail a second time.
+pipe goes away (``| head``), or stops reading while a stop is asked for,
+writing stops quietly; any other failure (a full disk) stops it with a
+RunError naming the output. Either way the sink is pointed at /dev/null, so
+closing it at exit cannot fail a second time.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import time
 from collections.abc import Callable
 from typing import TextIO
 
+from .. import signals
 from ..errors import RunError, describe
 from ..events import SummarySnapshot
 from .summary import SummaryRenderer
@@ -34,18 +36,26 @@ class _Output:
         if self.closed:
             return False
         try:
-            self._sink.write(text)
-            self._sink.flush()
+            with signals.bounded_write():
+                self._sink.write(text)
+                self._sink.flush()
             return True
+        except signals.OutputStalled:
+            self._close()
+            return False
         except OSError as err:
-            self.closed = True
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, self._sink.fileno())
-            os.close(devnull)
+            self._close()
             if isinstance(err, BrokenPipeError):
                 return False
             name = getattr(self._sink, "name", "the output")
             raise RunError(f"writing events to {name}: {describe(err)}") from err
+
+    def _close(self) -> None:
+        """Nothing more is written; what the sink still buffers goes to /dev/null."""
+        self.closed = True
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, self._sink.fileno())
+        os.close(devnull)
 
 
 class LineWriter(_Output):

@@ -3,11 +3,15 @@ pipe; a full disk; errors at run time; and after each, nothing of socketrace lef
 
 from __future__ import annotations
 
+import array
 import contextlib
+import fcntl
+import os
 import re
 import shlex
 import signal
 import subprocess
+import termios
 import time
 from pathlib import Path
 
@@ -17,6 +21,7 @@ from .conftest import (
     COMMAND,
     READY_LINE,
     Backend,
+    TraceResult,
     attached_kprobes,
     free_port,
     nothing_attached,
@@ -124,6 +129,50 @@ def test_signal_under_sustained_load_ends_the_run(trace, backend: Backend) -> No
     outcomes = counts["printed"] + counts["dropped"] + counts["no_sock"] + counts["filtered"] + counts["not_tracing"]
     assert counts["runs"] == outcomes and counts["printed"] == len(result.lines), result.stderr
     assert settles(nothing_attached)
+
+
+@pytest.mark.backends(sees=("udp",))
+def test_signal_ends_a_run_whose_reader_stopped_reading(backend: Backend, tmp_path: Path) -> None:
+    """``socketrace | reader`` whose reader stopped reading: the pipe fills and a write blocks;
+    a signal still ends the run (the write is abandoned), and what was not written is counted."""
+    stderr_path = tmp_path / "stderr.txt"
+    read_end, write_end = os.pipe()
+    try:
+        with UdpFlood(senders=2), open(stderr_path, "w") as stderr:
+            command = [*COMMAND, *backend.args(), "--filter-protocol", "udp"]
+            process = subprocess.Popen(command, stdout=write_end, stderr=stderr)
+            os.close(write_end)
+            write_end = -1
+            nearly_full = 48 * 1024  # of the default 64 KiB (partly filled pages keep it from the top)
+            assert settles(lambda: _unread(read_end) >= nearly_full or process.poll() is not None, timeout=300)
+            assert process.poll() is None, stderr_path.read_text()
+            time.sleep(1)  # blocked in a write now
+            process.send_signal(signal.SIGTERM)
+            try:
+                returncode = process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=60)
+                stuck = stderr_path.read_text()
+                raise AssertionError(f"a stalled pipe kept socketrace from stopping: {stuck}") from None
+    finally:
+        os.close(read_end)
+        if write_end >= 0:
+            os.close(write_end)
+    result = TraceResult(returncode, [], stderr_path.read_text())
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    assert "not printed (the output stopped taking them)" in result.stderr, result.stderr
+    counts = result.accounting()
+    outcomes = counts["printed"] + counts["unprinted"] + counts["dropped"] + counts["no_sock"] + counts["filtered"]
+    assert counts["runs"] == outcomes + counts["not_tracing"], result.stderr
+    assert settles(nothing_attached)
+
+
+def _unread(read_end: int) -> int:
+    """Bytes in a pipe that nobody has read."""
+    buffer = array.array("i", [0])
+    fcntl.ioctl(read_end, termios.FIONREAD, buffer)
+    return buffer[0]
 
 
 def test_second_signal_while_stopping_does_not_abandon_the_detach(trace, backend: Backend) -> None:

@@ -221,7 +221,7 @@ def test_accounting_line_adds_up() -> None:
     assert summary[0].startswith("10 events counted, 5 dropped") and "kernel counted" not in summary[0]
     assert summary[1] == "7 probe hits skipped by the kernel (a BPF program was already running)"
     gone = accounting_lines(counters, Delivery(6, unprinted=4, output_gone=True), KernelRuns(None, None, 0))
-    assert gone[0].startswith("6 events printed, 5 dropped (buffer full: 4, nested: 1), 4 not printed (the output was")
+    assert gone[0].startswith("6 events printed, 5 dropped (buffer full: 4, nested: 1), 4 not printed (the output")
 
 
 def test_return_drops_are_accounted_on_the_returns_line_only() -> None:
