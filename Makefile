@@ -12,7 +12,7 @@ APT_PACKAGES := python3-bpfcc python3-venv python3-pip pipx clang llvm gcc iprou
 APT_OPTIONAL := bpftool
 ARGS ?=
 
-VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+VERSION := $(shell sed -n 's/^__version__ = "\(.*\)"/\1/p' socketrace/__init__.py)
 WHEEL := dist/socketrace-$(VERSION)-py3-none-any.whl
 SOURCES := $(shell find socketrace bpf -type f -not -path '*/__pycache__/*') pyproject.toml
 

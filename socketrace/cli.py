@@ -22,6 +22,7 @@ from typing import Any
 
 import click
 
+from . import __version__
 from .options import (
     AttachWay,
     Filters,
@@ -204,13 +205,7 @@ def build_options(flags: dict[str, Any]) -> Options:
 
 def version_report() -> str:
     """What a bug report needs: socketrace, Python, BCC, the kernel, the backends it offers."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        own = version("socketrace")
-    except PackageNotFoundError:
-        own = "unknown (not installed)"
-    lines = [f"socketrace {own}", f"Python {platform.python_version()} ({sys.executable})"]
+    lines = [f"socketrace {__version__}", f"Python {platform.python_version()} ({sys.executable})"]
     try:
         import bcc
 

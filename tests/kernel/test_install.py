@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+import socketrace
+
 from ..conftest import require, require_tool
 from .conftest import ROOT, Tracer, free_port
 from .traffic import tcp_exchange
@@ -61,6 +63,7 @@ def test_wheel_in_a_fresh_venv_traces(wheel: Path, tmp_path: Path) -> None:
     subprocess.run([venv / "bin/pip", "install", "-q", str(wheel)], check=True, capture_output=True, timeout=600)
     version = subprocess.run([venv / "bin/socketrace", "--version"], capture_output=True, text=True, timeout=300)
     assert version.returncode == 0 and "BCC 0." in version.stdout and "backends: " in version.stdout, version
+    assert version.stdout.startswith(f"socketrace {socketrace.__version__}\n"), version
     _traces([str(venv / "bin/socketrace")], tmp_path)
 
 

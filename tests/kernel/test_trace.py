@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+import socketrace
+
 from ..conftest import require
 from .conftest import ROOT, Backend, free_port, parse
 from .traffic import (
@@ -214,8 +216,11 @@ def test_zipapp_traces_with_system_python(trace, backend: Backend) -> None:
     zipapp = ROOT / "dist" / "socketrace"
     require(zipapp.exists(), "dist/socketrace is not built (make dist; make test builds it first)")
     port = free_port()
-    tracer = trace(*backend.args(), "--filter-port", str(port), command=["/usr/bin/python3", str(zipapp)])
+    command = ["/usr/bin/python3", str(zipapp)]
+    tracer = trace(*backend.args(), "--filter-port", str(port), command=command)
     exchange = tcp_exchange(port)
     result = tracer.stop()
     assert result.returncode == 0, result.stderr
     assert any(f"127.0.0.1:{exchange.client_port} -> 127.0.0.1:{port} " in line for line in result.lines)
+    version = subprocess.run([*command, "--version"], capture_output=True, text=True, timeout=300)
+    assert version.stdout.startswith(f"socketrace {socketrace.__version__}\n"), version
