@@ -113,10 +113,12 @@ def _platform_row(guest: Guest, version: str, arch: str, output: str, passed: in
         return match.group(1) if match else "?"
 
     python, bcc = field(r"^Python (\S+)"), field(r"^BCC (\S+)")
-    backends = field(r"^backends: ([^;]+)")
+    offered = field(r"^backends: ([^;]+)").split(", ")
+    tested = [way for way in offered if not guest.ways or way in guest.ways.split(",")]
+    what = "the arm64 subset" if guest.tests == ARM64_SUBSET else "unit and kernel tiers"
     row = (
-        f"| {guest.name} | {version} | {arch} | {python} | {bcc} | {backends.split(',')[0]} ({backends}) "
-        f"| {passed} tests passed in {seconds / 60:.0f} min |\n"
+        f"| {guest.name} | {version} | {arch} | {python} | {bcc} | {offered[0]} | {', '.join(tested)} "
+        f"| {what}: {passed} passed in {seconds / 60:.0f} min |\n"
     )
     out = ROOT / "build" / "platforms"
     out.mkdir(parents=True, exist_ok=True)
