@@ -160,7 +160,10 @@ def _trace(
             failure = err
         set_tracing(bpf, False)
         for records in reader.drain() if reader is not None else ():
-            writer.write(records)  # counted as not printed once the output is gone
+            try:
+                writer.write(records)  # counted as not printed once the output is gone
+            except RunError as err:  # the output failed while draining: the rest is still counted
+                failure = failure or err
         if failure is None:
             try:
                 writer.finish()  # the summary's last table
