@@ -633,7 +633,7 @@ static __always_inline void label_sock(struct sock_summary *row, const void *sk)
 
 	bpf_probe_read_kernel(copy, sizeof(copy), sk);
 	row->family = SPAN_FIELD(copy, SK_COMMON_SPAN, sk, SK_FAMILY);
-	row->protocol = PROTOCOL_OF(FIELD(sk, SK_STATE), FIELD(sk, SK_PROTOCOL));
+	row->protocol = PROTOCOL_OF(SPAN_FIELD(copy, SK_COMMON_SPAN, sk, SK_STATE), FIELD(sk, SK_PROTOCOL));
 	row->sport = SPAN_FIELD(copy, SK_COMMON_SPAN, sk, SK_NUM);
 	row->dport = swap16(SPAN_FIELD(copy, SK_COMMON_SPAN, sk, SK_DPORT));
 	row->netns = FIELD((const void *)SPAN_FIELD(copy, SK_COMMON_SPAN, sk, SK_NET), NET_NS_INUM);
