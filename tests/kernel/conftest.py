@@ -125,6 +125,12 @@ class Backend:
             return ("sock_send_length",)
         return ("inet_sock_set_state", "tcp_probe") if kind == "tcp" else ()
 
+    def sees_in_sender(self, kind: str) -> bool:
+        """Whether every FUNC of sees(kind) runs in the sending process, so its PID column must be the
+        sender's. The pre-6.3 tracepoints also fire in softirq (an ACK, a timer), on whatever task the
+        CPU happened to run: the pytest process mostly, ksoftirqd or the tracer itself on a busy CPU."""
+        return self.is_kprobe or "sock_send_length" in self.tracepoints
+
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Parametrize ``backend`` over the kernel's backends that the test's marker allows and that
