@@ -6,8 +6,9 @@ the reader's memory stays bounded (one batch of records; with a perf buffer,
 its per-CPU rings' worth) however fast the kernel produces. On a ring buffer
 it uses libbpf's consumer (through libbcc, which BCC itself uses): a callback
 that returns a negative value stops the consumer after the record it was
-given, with the consumer position already past it. Records that never fit are counted by the program, per cause (see
-contract.Counter), and read back here.
+given, with the consumer position already past it. Records that never fit
+are counted by the program, per cause (see contract.Counter), and read back
+here.
 """
 
 from __future__ import annotations
