@@ -1,13 +1,16 @@
 # socketrace: set-up, tests, builds, benchmarks. Run as root on Debian 12 or Ubuntu 24.04.
 #   make run ARGS='--filter-port 22'   set up everything, then trace
 #   make test                          set up everything, then lint and run all tests (this kernel, then VMs)
+#   make test-full                     the same, with both tiers in every guest (for releases)
 
 SYSTEM_PYTHON := /usr/bin/python3
 VENV := .venv
 BIN := $(VENV)/bin
-# BCC from the distribution; the tools the tests drive; QEMU and what the VM harness builds guests with.
+# BCC from the distribution; the tools the tests drive and the oracles they compare with (bpftrace,
+# ss, real servers and clients); QEMU and what the VM harness builds guests with.
 APT_PACKAGES := python3-bpfcc python3-venv python3-pip pipx clang llvm gcc iproute2 netcat-openbsd curl kmod \
-	util-linux qemu-system-x86 qemu-system-arm qemu-user-static mmdebstrap
+	util-linux bpftrace openssh-server openssh-client apache2-utils nginx-light \
+	qemu-system-x86 qemu-system-arm qemu-user-static mmdebstrap
 # Debian names bpftool on its own; Ubuntu ships it in linux-tools.
 APT_OPTIONAL := bpftool
 ARGS ?=
@@ -16,7 +19,7 @@ VERSION := $(shell sed -n 's/^__version__ = "\(.*\)"/\1/p' socketrace/__init__.p
 WHEEL := dist/socketrace-$(VERSION)-py3-none-any.whl
 SOURCES := $(shell find socketrace bpf -type f -not -path '*/__pycache__/*') pyproject.toml
 
-.PHONY: all deps venv run test lint unit-test kernel-test vm-test bench bench-vm dist wheel clean
+.PHONY: all deps venv run test test-full lint unit-test kernel-test vm-test bench bench-vm dist wheel clean
 
 all: venv
 
@@ -50,18 +53,23 @@ lint: venv
 	$(BIN)/ruff check socketrace tests bench
 	$(BIN)/ruff format --check socketrace tests bench
 
-# This kernel's tiers, then the same tests inside six Debian guests (see tests/vm), two at a time.
+# This kernel's tiers, then six Debian guests (see tests/vm), two at a time, each running what its
+# kernel and userland can change; test-full runs both tiers in every guest. The slowest tests are listed.
 test: lint unit-test kernel-test vm-test
 
+test-full: export SOCKETRACE_TEST_PLAN = full
+test-full: test
+
 unit-test: venv
-	$(BIN)/pytest -v -rs tests/unit
+	$(BIN)/pytest -v -rs --durations=5 tests/unit
 
 kernel-test: venv dist wheel
-	$(BIN)/pytest -v -rs tests/kernel
+	$(BIN)/pytest -v -rs --durations=15 tests/kernel
 
+# The guests share a budget from the tier's start (tests/vm/test_guests.py: SOCKETRACE_VM_BUDGET).
 vm-test: venv dist wheel
 	rm -rf build/platforms
-	$(BIN)/pytest -v -rs -n 2 tests/vm
+	SOCKETRACE_VM_STARTED=$$(date +%s) $(BIN)/pytest -v -rs --durations=6 -n 2 tests/vm
 	@echo "platforms:" && cat build/platforms/*.md
 
 # Side by side in one run: untraced, floors and socketrace, as ratios over rounds (README, Performance).

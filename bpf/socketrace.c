@@ -301,6 +301,33 @@ static __always_inline bool full_sock(u8 state)
 	return state != TCP_TIME_WAIT && state != TCP_NEW_SYN_RECV;
 }
 
+/*
+ * The local port in host order, as the kernel reports it: the
+ * inet_sock_set_state tracepoint reads inet_sport of a full inet sock,
+ * inet_diag (ss) skc_num of any sock, which is the same port while the sock
+ * is hashed (the only socks ss lists). skc_num is the key of the bind hash:
+ * __inet_put_port() and udp_lib_unhash() zero it when the socket gives its
+ * port back, e.g. in tcp_set_state(TCP_CLOSE) before inet_sk_state_store()
+ * fires the tracepoint, or in tcp_v4_destroy_sock(); inet_sport keeps the
+ * port to the end (tcp_disconnect() leaves it too; __udp_disconnect() and
+ * ping_unhash() zero it). A time-wait sock has both copied from its full sock
+ * (inet_twsk_alloc()): tw_sport. A request sock has only sock_common: skc_num
+ * is its ir_num. Other families, or a kernel without the field: skc_num.
+ * `copy` holds the sock's first `span` bytes (family, state, skc_num).
+ */
+static __always_inline u16 local_port(const u8 *copy, int span, const void *sk)
+{
+	u16 family = SPAN_FIELD(copy, span, sk, SK_FAMILY);
+	u8 state = SPAN_FIELD(copy, span, sk, SK_STATE);
+	u16 num = SPAN_FIELD(copy, span, sk, SK_NUM);
+
+	if ((family != AF_INET && family != AF_INET6) || state == TCP_NEW_SYN_RECV)
+		return num;
+	if (state == TCP_TIME_WAIT)
+		return FIELD_OFFSET(TW_SPORT) < 0 ? num : swap16(FIELD(sk, TW_SPORT));
+	return FIELD_OFFSET(INET_SPORT) < 0 ? num : swap16(FIELD(sk, INET_SPORT));
+}
+
 /* ---- Filters ------------------------------------------------------------- */
 
 #define HEAD(head, sk, ...) SPAN_FIELD(head, SK_HEAD_SPAN, sk, __VA_ARGS__)
@@ -339,9 +366,62 @@ static __always_inline bool addr_matches(const void *sk, const u8 *head, u16 fam
  * IPv4 addresses: SK_HEAD_SPAN bytes) is copied in one read when any filter
  * needs it; the other fields are read only by the filter that needs them, and
  * only once the cheaper ones have passed. Unset filters compile to nothing. */
-#if defined(FILTER_INET) || defined(FILTER_PORT) || defined(FILTER_ADDR6_0) || defined(FILTER_PROTOCOL) || \
-	defined(FILTER_MARK)
-#define FILTERS_READ_HEAD
+#if !defined(FILTERS_READ_HEAD) && (defined(FILTER_INET) || defined(FILTER_PORT) || defined(FILTER_ADDR6_0) || \
+				    defined(FILTER_PROTOCOL) || defined(FILTER_MARK))
+#define FILTERS_READ_HEAD /* program.py also defines it when FILTER_EXPR reads the head */
+#endif
+
+#ifdef FILTER_EXPR
+/*
+ * --filter EXPR: FILTER_EXPR is one C expression (socketrace/filter_expr.py's
+ * to_c) over these accessors, made of integers, accessor names and operators
+ * only. HAVE_<accessor> says which it reads; program.py then puts every head
+ * field it needs, the IPv6 addresses included, into the one head copy
+ * (SK_HEAD_SPAN). Fields that cost a read of their own (mark, protocol, netns)
+ * are read at most once per run, at the first term that needs them: the
+ * expression tests cheap accessors first, so most rejected runs never read
+ * them at all.
+ */
+#define F_PID ((u32)(bpf_get_current_pid_tgid() >> 32))
+#define F_FAMILY ((u16)HEAD(head, sk, SK_FAMILY))
+#define F_STATE ((u8)HEAD(head, sk, SK_STATE))
+#define F_DPORT swap16(HEAD(head, sk, SK_DPORT))
+#define F_SPORT expr_sport
+#define F_SADDR4 ((u32)HEAD(head, sk, SK_RCV_SADDR))
+#define F_DADDR4 ((u32)HEAD(head, sk, SK_DADDR))
+#define F_SADDR6(i) head_word(head, sk, FIELD_OFFSET(SK_V6_RCV_SADDR), i)
+#define F_DADDR6(i) head_word(head, sk, FIELD_OFFSET(SK_V6_DADDR), i)
+/* Read once: `known` says whether `value` holds the field yet. */
+#define ONCE(name, read) (name##_known ? name##_value : (name##_known = 1, name##_value = (read)))
+#define F_PROTOCOL ONCE(expr_protocol, PROTOCOL_OF(F_STATE, FIELD(sk, SK_PROTOCOL)))
+#define F_MARK ONCE(expr_mark, full_sock(F_STATE) ? (u32)FIELD(sk, SK_MARK) : 0)
+#define F_NETNS ONCE(expr_netns, (u32)FIELD((const void *)FIELD(sk, SK_NET), NET_NS_INUM))
+
+/* Word i (0-3) of a 16-byte field (an IPv6 address) as a u32 load: from the
+ * head copy when it is within it (program.py sees to that), else read alone;
+ * 0 where the kernel lacks the field. */
+static __always_inline u32 head_word(const u8 *head, const void *sk, int offset, int i)
+{
+	u32 word = 0;
+
+	if (offset < 0)
+		return 0;
+	offset += 4 * i;
+	if (offset + 4 <= SK_HEAD_SPAN && offset + 4 <= SPAN_MAX)
+		return *(const u32 *)(head + offset);
+	bpf_probe_read_kernel(&word, sizeof(word), (const char *)sk + offset);
+	return word;
+}
+
+/* The local port local_port() shows. A set skc_num is the port inet_sport
+ * holds (see FILTER_PORT below), so the head copy decides; only a sock whose
+ * skc_num is 0 costs local_port()'s read. */
+static __always_inline u16 expr_local_port(const u8 *head, const void *sk)
+{
+	u16 num = HEAD(head, sk, SK_NUM);
+
+	return num ? num : local_port(head, SK_HEAD_SPAN, sk);
+}
 #endif
 
 static __always_inline bool passes_filters(const void *sk)
@@ -351,12 +431,23 @@ static __always_inline bool passes_filters(const void *sk)
 		return false;
 #endif
 #ifdef FILTERS_READ_HEAD
-	u8 head[SK_HEAD_SPAN];
+	u8 head[SK_HEAD_SPAN] __attribute__((aligned(8)));
 
 	bpf_probe_read_kernel(head, sizeof(head), sk);
 #endif
 #ifdef FILTER_PORT
-	if (HEAD(head, sk, SK_NUM) != FILTER_PORT && swap16(HEAD(head, sk, SK_DPORT)) != FILTER_PORT)
+	/* The port local_port() shows, or the remote one. A set skc_num is the
+	 * port inet_sport holds (both are set together: __inet_bind(),
+	 * inet_autobind(), __inet_hash_connect(), inet_csk_clone_lock()), so the
+	 * copy decides; only a sock whose skc_num is 0 (its port given back, or
+	 * none yet) costs a read of inet_sport. Inside the bind or connect that
+	 * sets them, skc_num is set a moment before inet_sport: a sock matched
+	 * there by skc_num shows its inet_sport, still 0 (or the port it had
+	 * before a disconnect). */
+	u16 num = HEAD(head, sk, SK_NUM);
+
+	if (num != FILTER_PORT && swap16(HEAD(head, sk, SK_DPORT)) != FILTER_PORT &&
+	    (num != 0 || local_port(head, SK_HEAD_SPAN, sk) != FILTER_PORT))
 		return false;
 #endif
 #if defined(FILTER_INET) || defined(FILTER_ADDR6_0)
@@ -364,6 +455,28 @@ static __always_inline bool passes_filters(const void *sk)
 
 	if (family != AF_INET && family != AF_INET6)
 		return false;
+#endif
+#ifdef FILTER_EXPR
+	{
+#ifdef HAVE_F_SPORT
+		u16 expr_sport = expr_local_port(head, sk);
+#endif
+#ifdef HAVE_F_PROTOCOL
+		u16 expr_protocol_value = 0;
+		bool expr_protocol_known = false;
+#endif
+#ifdef HAVE_F_MARK
+		u32 expr_mark_value = 0;
+		bool expr_mark_known = false;
+#endif
+#ifdef HAVE_F_NETNS
+		u32 expr_netns_value = 0;
+		bool expr_netns_known = false;
+#endif
+		/* `and`ed with the single-value flags: after the cheap ones, before those that read. */
+		if (!(FILTER_EXPR))
+			return false;
+	}
 #endif
 #ifdef FILTER_PROTOCOL
 	if (PROTOCOL_OF(HEAD(head, sk, SK_STATE), FIELD(sk, SK_PROTOCOL)) != FILTER_PROTOCOL)
@@ -538,8 +651,9 @@ static __always_inline void fill_event(struct event *event, struct scratch *scra
 	event->family = SK(copy, sk, SK_FAMILY);
 	event->protocol = PROTOCOL_OF(event->state, SK(copy, sk, SK_PROTOCOL));
 	event->type = SK(copy, sk, SK_TYPE);
-	event->sport = SK(copy, sk, SK_NUM);
+	event->sport = local_port(copy, SK_SPAN, sk);
 	event->dport = swap16(SK(copy, sk, SK_DPORT));
+	event->cookie = SK(copy, sk, SK_COOKIE);
 	event->mark = SK(copy, sk, SK_MARK);
 	event->reuseport = SK(copy, sk, SK_REUSEPORT);
 	event->bound_dev_if = SK(copy, sk, SK_BOUND_DEV_IF);
@@ -634,7 +748,7 @@ static __always_inline void label_sock(struct sock_summary *row, const void *sk)
 	bpf_probe_read_kernel(copy, sizeof(copy), sk);
 	row->family = SPAN_FIELD(copy, SK_COMMON_SPAN, sk, SK_FAMILY);
 	row->protocol = PROTOCOL_OF(SPAN_FIELD(copy, SK_COMMON_SPAN, sk, SK_STATE), FIELD(sk, SK_PROTOCOL));
-	row->sport = SPAN_FIELD(copy, SK_COMMON_SPAN, sk, SK_NUM);
+	row->sport = local_port(copy, SK_COMMON_SPAN, sk);
 	row->dport = swap16(SPAN_FIELD(copy, SK_COMMON_SPAN, sk, SK_DPORT));
 	row->netns = FIELD((const void *)SPAN_FIELD(copy, SK_COMMON_SPAN, sk, SK_NET), NET_NS_INUM);
 	if (row->family == AF_INET6 && FIELD_OFFSET(SK_V6_RCV_SADDR) >= 0 && FIELD_OFFSET(SK_V6_DADDR) >= 0 &&

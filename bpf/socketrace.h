@@ -32,6 +32,7 @@ struct event {
 	/* The socket: user space caches its text by these bytes, to the end. */
 	u64 sk;             /* struct sock *: the socket's identity */
 	u64 socket_ino;     /* SOCK_INODE(socket)->i_ino, as `ss -e` prints ino: */
+	u64 cookie;         /* skc_cookie, as `ss -e` prints sk: (0 until the kernel assigns one) */
 	u64 socket_flags;
 	u32 netns;          /* net->ns.inum */
 	u32 mark;

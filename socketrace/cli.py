@@ -12,6 +12,7 @@ an option here and a field there.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import logging
 import os
 import platform
@@ -23,6 +24,7 @@ from typing import Any
 import click
 
 from . import __version__
+from .filter_expr import AddrTest, And, Node, Or, PortTest, parse_filter
 from .options import (
     AttachWay,
     Filters,
@@ -32,13 +34,15 @@ from .options import (
     Timestamp,
     check_readable,
     check_writable,
-    parse_addr,
+    parse_host,
     parse_kmods,
     parse_netns,
+    parse_port_range,
     parse_protocol,
     parse_regex,
     validate,
 )
+from .symbols import AF_INET, AF_INET6
 
 __all__ = ["main"]
 
@@ -96,8 +100,28 @@ def _choice(enum: type) -> Parsed:
     metavar="PROTO",
     help="tcp, udp, icmp, icmpv6, sctp, udplite, mptcp, or a number.",
 )
-@click.option("--filter-addr", "addr", type=Parsed("addr", parse_addr), help="Local or remote IPv4 or IPv6 address.")
-@click.option("--filter-port", "port", type=click.IntRange(0, 65535), help="Local or remote TCP/UDP port.")
+@click.option(
+    "--filter-addr",
+    "addr",
+    type=Parsed("addr", parse_host),
+    metavar="ADDR[/PREFIX]",
+    help="Local or remote IPv4 or IPv6 address or network.",
+)
+@click.option(
+    "--filter-port",
+    "port",
+    type=Parsed("port", parse_port_range),
+    multiple=True,
+    metavar="PORT|A-B",
+    help="Local or remote TCP/UDP port or range; repeated: any of them.",
+)
+@click.option(
+    "--filter",
+    "expr",
+    type=Parsed("expression", parse_filter),
+    metavar="EXPR",
+    help="An ss(8)-style filter expression, e.g. 'not ( sport = :22 or dport = :22 )' (README: Filter expressions).",
+)
 @click.option(
     "--filter-funcs",
     "filter_funcs",
@@ -198,9 +222,39 @@ def build_options(flags: dict[str, Any]) -> Options:
     def take(kind: type) -> dict[str, Any]:
         return {name.name: flags.pop(name.name) for name in dataclasses.fields(kind) if name.name in flags}
 
+    _flags_to_tree(flags)
     filters = Filters(**take(Filters))
     output = OutputSpec(**take(OutputSpec))
     return validate(Options(filters=filters, output=output, **flags))
+
+
+def _flags_to_tree(flags: dict[str, Any]) -> None:
+    """Several --filter-port values, a port range, or an --filter-addr network: nodes of the --filter tree,
+    `and`ed with it. One port or one address keeps its own fast macro (FILTER_PORT, FILTER_ADDR*)."""
+    nodes: list[Node] = []
+    ports = flags.get("port")
+    if isinstance(ports, int):
+        ports = ((ports, ports),)
+    if ports is not None:
+        ranges = tuple(dict.fromkeys(ports))
+        flags["port"] = ranges[0][0] if len(ranges) == 1 and ranges[0][0] == ranges[0][1] else None
+        if ranges and flags["port"] is None:
+            nodes.append(Or(tuple(_port_range(end, low, high) for low, high in ranges for end in ("src", "dst"))))
+    addr = flags.get("addr")
+    if isinstance(addr, (ipaddress.IPv4Network, ipaddress.IPv6Network)):
+        family = AF_INET if addr.version == 4 else AF_INET6
+        network = int(addr.network_address)
+        nodes.append(Or(tuple(AddrTest(end, family, network, addr.prefixlen) for end in ("src", "dst"))))
+        flags["addr"] = None
+    if nodes:
+        expr = flags.get("expr")
+        flags["expr"] = nodes[0] if len(nodes) == 1 and expr is None else And((*nodes, *([expr] if expr else [])))
+
+
+def _port_range(end: str, low: int, high: int) -> Node:
+    if low == high:
+        return PortTest(end, "==", low)
+    return And((PortTest(end, ">=", low), PortTest(end, "<=", high)))
 
 
 def version_report() -> str:

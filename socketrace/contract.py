@@ -187,6 +187,7 @@ class Event(ctypes.Structure):
         # The socket.
         ("sk", ctypes.c_uint64),  # struct sock *: the socket's identity
         ("socket_ino", ctypes.c_uint64),  # SOCK_INODE(socket)->i_ino, as `ss -e` prints ino:
+        ("cookie", ctypes.c_uint64),  # skc_cookie, as `ss -e` prints sk: (0 until the kernel assigns one)
         ("socket_flags", ctypes.c_uint64),
         ("netns", ctypes.c_uint32),  # net->ns.inum
         ("mark", ctypes.c_uint32),

@@ -127,6 +127,9 @@ FIELD_PATHS: dict[str, tuple[str, ...]] = {
     "SK_V6_DADDR": ("sock.__sk_common.skc_v6_daddr",),
     "SK_V6_RCV_SADDR": ("sock.__sk_common.skc_v6_rcv_saddr",),
     "SK_NET": ("sock.__sk_common.skc_net.net",),
+    # Assigned on first use (sock_gen_cookie(): inet_diag, SO_COOKIE, BPF), 0 until then; copied into
+    # time-wait and request socks, whose sock_common has it too.
+    "SK_COOKIE": ("sock.__sk_common.skc_cookie",),
     "SK_PROTOCOL": ("sock.sk_protocol",),
     "SK_TYPE": ("sock.sk_type",),
     "SK_MARK": ("sock.sk_mark",),
@@ -139,6 +142,11 @@ FIELD_PATHS: dict[str, tuple[str, ...]] = {
     # the offset is relative to the sock either way.
     "SK_RX_DST_IFINDEX": ("sock.sk_rx_dst_ifindex", "inet_sock.rx_dst_ifindex"),
     "SK_SOCKET": ("sock.sk_socket",),
+    # The local port as the kernel reports it (local_port() in bpf/socketrace.c), relative to the sock:
+    # inet_sock starts with its sock, inet_timewait_sock with its sock_common. Not SK_*: read alone,
+    # only from the socks that have them, never in the copy of a sock that may be smaller.
+    "INET_SPORT": ("inet_sock.inet_sport",),
+    "TW_SPORT": ("inet_timewait_sock.tw_sport",),
     "NET_NS_INUM": ("net.ns.inum",),
     "SOCKET_STATE": ("socket.state",),
     "SOCKET_TYPE": ("socket.type",),

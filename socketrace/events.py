@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ctypes
 import struct
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -59,6 +60,7 @@ class EventReader:
         self._room = batch
         self._pending: list[bytes] = []
         self._manager = None
+        self.taken = 0  # records handed out: what the program sent, less what is still in the buffer
         if use_perf_buffer:
             bpf[b"events"].open_perf_buffer(self._on_perf_record, page_cnt=PERF_BUFFER_PAGES, lost_cb=self._on_lost)
         else:
@@ -90,6 +92,7 @@ class EventReader:
     def _take(self) -> list[bytes]:
         records = self._pending[:]
         self._pending.clear()
+        self.taken += len(records)
         return records
 
     def poll(self, timeout_ms: int) -> list[bytes]:
@@ -105,9 +108,12 @@ class EventReader:
             self._lib.bpf_consume_ringbuf(self._manager)
         return self._take()
 
-    def drain(self) -> Iterator[list[bytes]]:
-        """Everything still in the buffer, a batch at a time (the program has stopped emitting)."""
-        while True:
+    def drain(self, seconds: float) -> Iterator[list[bytes]]:
+        """What is still in the buffer, a batch at a time (the program has stopped emitting), for at
+        most ``seconds`` of the caller's time: a stop under a flood must not wait for a full buffer to
+        be formatted. What is left then is the program's EMITTED count less ``taken``."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
             self._room = self._batch
             if self._manager is None:
                 self._bpf.perf_buffer_poll(0)

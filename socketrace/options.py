@@ -16,6 +16,10 @@ import re
 import stat
 from dataclasses import dataclass, field, replace
 from enum import Enum
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .filter_expr import Node
 
 __all__ = [
     "AttachWay",
@@ -27,8 +31,10 @@ __all__ = [
     "check_readable",
     "check_writable",
     "parse_addr",
+    "parse_host",
     "parse_kmods",
     "parse_netns",
+    "parse_port_range",
     "parse_protocol",
     "parse_regex",
     "validate",
@@ -85,6 +91,8 @@ class Filters:
     protocol: int | None = None
     addr: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
     port: int | None = None
+    # --filter EXPR, parsed (socketrace.filter_expr); combined with the flags above by `and`.
+    expr: Node | None = None
     # Once a socket passes, keep tracing it even where the filtered fields no longer match.
     track_sock: bool = False
     # Only calls that returned a negative errno (needs return values).
@@ -157,6 +165,35 @@ def parse_addr(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
         return ipaddress.ip_address(text.strip())
     except ValueError:
         raise OptionError(f"--filter-addr: {text!r} is not an IPv4 or IPv6 address") from None
+
+
+def parse_host(
+    text: str,
+) -> ipaddress.IPv4Address | ipaddress.IPv6Address | ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """``--filter-addr``: an address, or a network ``ADDR/PREFIX`` (host bits are masked off, as ss does);
+    a full-length prefix is the address itself."""
+    address, slash, prefix = text.strip().partition("/")
+    if not slash:
+        return parse_addr(address)
+    host = parse_addr(address)
+    if not prefix.isdigit() or int(prefix) > host.max_prefixlen:
+        raise OptionError(f"--filter-addr: {prefix!r} is not a prefix length 0-{host.max_prefixlen}")
+    network = ipaddress.ip_network(f"{host}/{int(prefix)}", strict=False)
+    return host if network.prefixlen == host.max_prefixlen else network
+
+
+def parse_port_range(text: str) -> tuple[int, int]:
+    """``--filter-port``: a port ``P`` or a range ``A-B`` (inclusive), 0-65535."""
+    match = re.fullmatch(r"([0-9]{1,5})(?:-([0-9]{1,5}))?", text.strip())
+    if not match:
+        raise OptionError(f"--filter-port: {text!r} is not a port 0-65535 or a range A-B")
+    low = int(match.group(1))
+    high = int(match.group(2)) if match.group(2) is not None else low
+    if high > 0xFFFF:
+        raise OptionError(f"--filter-port: {text!r} is out of range 0-65535")
+    if low > high:
+        raise OptionError(f"--filter-port: {text!r} is an empty range")
+    return low, high
 
 
 def parse_protocol(text: str) -> int:

@@ -26,6 +26,7 @@ from . import bpfsys, contract
 from .contract import kprobe_entry_name, rawtp_entry_name
 from .discovery import SOCK_FREE_FUNCTION, Discovery, FieldLocation, Probe, sock_common_fields
 from .features import Features
+from .filter_expr import accessors_used, to_c
 from .options import AttachWay, Filters, Options
 
 if TYPE_CHECKING:
@@ -47,11 +48,13 @@ __all__ = [
 log = logging.getLogger("socketrace")
 
 SOURCE_NAME = "socketrace.c"
-RING_BUFFER_BYTES = 4 << 20  # the event buffer: about 13,000 events of 312 bytes
+RING_BUFFER_BYTES = 4 << 20  # the event buffer: about 13,000 events of 320 bytes
 SPAN_MAX = 1024  # largest struct copy the program makes in one read (SPAN_MAX in the C)
 SOCKET_SPAN_FIELDS = ("SOCKET_STATE", "SOCKET_TYPE", "SOCKET_FLAGS", "SOCKET_INODE_INO")
 # What the filters read in one copy before deciding (the rest is read only once these pass).
 SK_HEAD_FIELDS = ("SK_FAMILY", "SK_STATE", "SK_NUM", "SK_DPORT", "SK_RCV_SADDR", "SK_DADDR")
+# --filter's accessors whose field joins the head copy when the expression reads it.
+EXPR_HEAD_FIELDS = {"F_SADDR6": "SK_V6_RCV_SADDR", "F_DADDR6": "SK_V6_DADDR"}
 
 
 class ProgramError(Exception):
@@ -126,7 +129,7 @@ def macro_definitions(options: Options, fields: dict[str, FieldLocation], featur
     macros = contract.contract_macros()
     macros["SPAN_MAX"] = str(SPAN_MAX)
     macros.update({name: f"{loc.offset},{loc.size},{loc.shift},{loc.bits}" for name, loc in fields.items()})
-    macros.update(_span_macros(fields))
+    macros.update(_span_macros(fields, _head_fields(options.filters)))
     macros.update(_filter_macros(options.filters))
     output = options.output
     for enabled, name in (
@@ -148,7 +151,15 @@ def macro_definitions(options: Options, fields: dict[str, FieldLocation], featur
     return macros
 
 
-def _span_macros(fields: dict[str, FieldLocation]) -> dict[str, str]:
+def _head_fields(filters: Filters) -> tuple[str, ...]:
+    """SK_HEAD_FIELDS, and the IPv6 addresses when --filter tests them: one copy of the head holds
+    everything the expression reads but mark, protocol and netns (sock_common: valid in every sock)."""
+    used = accessors_used(filters.expr) if filters.expr is not None else frozenset()
+    extra = tuple(field for accessor, field in EXPR_HEAD_FIELDS.items() if accessor in used)
+    return SK_HEAD_FIELDS + extra
+
+
+def _span_macros(fields: dict[str, FieldLocation], head_fields: tuple[str, ...] = SK_HEAD_FIELDS) -> dict[str, str]:
     """How many bytes of a sock (and of its struct socket) one read copies: enough
     for every field an event shows, within SPAN_MAX. Fields beyond are read alone."""
 
@@ -158,7 +169,7 @@ def _span_macros(fields: dict[str, FieldLocation]) -> dict[str, str]:
 
     common = span(sorted(sock_common_fields()))
     return {
-        "SK_HEAD_SPAN": str(span(list(SK_HEAD_FIELDS))),
+        "SK_HEAD_SPAN": str(span(list(head_fields))),
         "SK_COMMON_SPAN": str(common),
         "SK_SPAN": str(max(common, span([name for name in fields if name.startswith("SK_")]))),
         "SOCKET_SPAN": str(span(list(SOCKET_SPAN_FIELDS))),
@@ -178,6 +189,13 @@ def _filter_macros(filters: Filters) -> dict[str, str]:
             macros[name] = str(int(value))
     if filters.needs_inet:
         macros["FILTER_INET"] = "1"
+    if filters.expr is not None:
+        # Only validated integers, accessor names and operators (filter_expr.to_c): never user text.
+        macros["FILTER_EXPR"] = to_c(filters.expr, sys.byteorder)
+        used = accessors_used(filters.expr)
+        macros.update({f"HAVE_{name}": "1" for name in sorted(used)})
+        if used - {"F_PID", "F_NETNS"}:
+            macros["FILTERS_READ_HEAD"] = "1"
     if filters.addr is not None:
         addr = filters.addr
         if addr.version == 4:

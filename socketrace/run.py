@@ -47,6 +47,9 @@ __all__ = ["list_functions", "run"]
 log = logging.getLogger("socketrace")
 
 POLL_TIMEOUT_MS = 100
+# After a stop, the buffer is printed for at most this long; the rest is counted as left in it.
+# A full ring buffer is ~14,000 events: 0.05 s of formatting natively, a second or more under emulation.
+DRAIN_SECONDS = 0.3
 
 
 def run(options: Options, stdout: TextIO) -> int:
@@ -159,7 +162,7 @@ def _trace(
         except RunError as err:  # the output failed: stop, account, then say so
             failure = err
         set_tracing(bpf, False)
-        for records in reader.drain() if reader is not None else ():
+        for records in reader.drain(DRAIN_SECONDS) if reader is not None else ():
             try:
                 writer.write(records)  # counted as not printed once the output is gone
             except RunError as err:  # the output failed while draining: the rest is still counted
@@ -170,7 +173,8 @@ def _trace(
             except RunError as err:
                 failure = err
         delivery = Delivery(writer.written, writer.unprinted, spec.summary, spec.return_values, writer.closed)
-        _report(bpf, attacher, delivery, stats_enabled and _bpf_stats_enabled())
+        taken = reader.taken if reader is not None else None
+        _report(bpf, attacher, delivery, taken, stats_enabled and _bpf_stats_enabled())
         if failure is not None:
             raise failure
 
@@ -241,9 +245,11 @@ def _bpf_stats_enabled() -> bool:
         return False
 
 
-def _report(bpf: BPF, attacher: Attacher, delivery: Delivery, kernel_counted: bool) -> None:
+def _report(bpf: BPF, attacher: Attacher, delivery: Delivery, taken: int | None, kernel_counted: bool) -> None:
     """The accounting line, from counts that no longer change: after a detach in the
-    foreground, or (classic kprobes removed in the background) with the program stopped."""
+    foreground, or (classic kprobes removed in the background) with the program stopped.
+    ``taken``: the records the reader took (None with --summary); the program sent the rest too,
+    and they stayed in the buffer."""
     in_background = getattr(attacher, "in_background", False)
     if not in_background:
         attacher.detach()
@@ -252,6 +258,9 @@ def _report(bpf: BPF, attacher: Attacher, delivery: Delivery, kernel_counted: bo
     if in_background:
         attacher.detach()
     returns = stats.pop(RETURN_KPROBE_MULTI, None)
+    if taken is not None:
+        sent = counters[Counter.RETURN_EMITTED if delivery.returns else Counter.EMITTED]
+        delivery = dataclasses.replace(delivery, left=sent - taken)
     kernel = KernelRuns(
         sum(stat.run_cnt for stat in stats.values()) if kernel_counted else None,
         returns.run_cnt if returns is not None and kernel_counted else None,

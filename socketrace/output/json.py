@@ -98,6 +98,7 @@ class JsonFormatter:
         fields = {
             "sk": f"0x{event.sk:x}",
             "ino": event.socket_ino if has_socket else None,
+            "cookie": event.cookie,
             "family": family_name(event.family),
             "protocol": protocol_name(event.family, event.protocol),
             "type": sock_type_name(event.type),

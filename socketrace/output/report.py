@@ -2,7 +2,8 @@
 
 Every run of an entry program ends in exactly one of the program's counters
 (contract.Counter), so the first line adds up: printed (or counted, or not
-printed: past --output-limit-lines or after the output went away) + dropped +
+printed: past --output-limit-lines, after the output went away, or still in the
+buffer when the drain after a stop ran out of time) + dropped +
 without a socket + filtered out + while not tracing = the entry programs' runs,
 the number ``bpftool prog show`` reports as run_cnt when
 ``kernel.bpf_stats_enabled=1`` (shown too, then). With --output-return, events
@@ -36,6 +37,7 @@ class Delivery:
     summary: bool = False
     returns: bool = False  # --output-return: events are made at returns
     output_gone: bool = False  # the output failed, or its reader left or stalled: why ``unprinted`` were not printed
+    left: int = 0  # sent, still in the buffer when the drain after the stop ran out of time
 
 
 @dataclass(frozen=True)
@@ -59,9 +61,12 @@ def accounting_lines(counters: dict[Counter, int], delivery: Delivery, kernel: K
     entry_runs = sum(counters[counter] for counter in ENTRY_OUTCOMES)
     verb = "counted" if delivery.summary else "printed"
     line = f"{delivery.printed} events {verb}, {dropped} dropped ({causes})"
-    if delivery.unprinted:
-        why = "the output stopped taking them" if delivery.output_gone else "past --output-limit-lines"
-        line += f", {delivery.unprinted} not printed ({why})"
+    why = "the output stopped taking them" if delivery.output_gone else "past --output-limit-lines"
+    reasons = [(why, delivery.unprinted), ("left in the buffer at the stop", delivery.left)]
+    reasons = [(reason, count) for reason, count in reasons if count]
+    if reasons:
+        detail = reasons[0][0] if len(reasons) == 1 else ", ".join(f"{reason}: {count}" for reason, count in reasons)
+        line += f", {delivery.unprinted + delivery.left} not printed ({detail})"
     line += (
         f", {counters[Counter.NO_SOCK]} probe runs without a socket, {counters[Counter.FILTERED]} filtered out,"
         f" {counters[Counter.NOT_TRACING]} before ready or after stop: {entry_runs} probe runs"

@@ -200,7 +200,8 @@ class TextFormatter:
                 if has_socket
                 else " socket=none"
             )
-        tail += f" sk=0x{event.sk:x}" + (f" ino={event.socket_ino}" if has_socket else "")
+        # The cookie in hex, as `ss -e` prints it after sk:, so ss's value greps here.
+        tail += f" sk=0x{event.sk:x}" + (f" ino={event.socket_ino}" if has_socket else "") + f" cookie={event.cookie:x}"
         if len(self._sock) >= MAX_CACHED:
             self._sock.clear()
         self._sock[raw[SOCKET_PART[0] : SOCKET_PART[1]]] = (head, tail)

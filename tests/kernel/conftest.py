@@ -8,6 +8,10 @@ raw tracepoint for a UDP send), so :class:`Backend` says which function shows
 which traffic, and a test that needs something a backend cannot show is not
 generated for it. Every wait is bounded.
 
+Every wait is a multiple of one measured unit (:class:`Pace`): the time one
+tracer start took on this kernel, in this guest, on this machine today, so a
+slower machine stretches every bound alike and no test fails for being slow.
+
 ``SOCKETRACE_COMMAND`` runs another build than this checkout's (an installed
 wheel, the zipapp); ``SOCKETRACE_REQUIRE_KERNEL_TESTS=1`` (CI) turns every
 would-be skip into a failure.
@@ -19,13 +23,14 @@ import json
 import os
 import re
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -36,6 +41,7 @@ from ..conftest import require, require_tool
 
 READY_LINE = "Press Ctrl+C to stop"
 ROOT = Path(__file__).parents[2]
+SYSTEM_PYTHON = "/usr/bin/python3"  # the distribution's, which has BCC: what the zipapp runs with
 COMMAND = shlex.split(os.environ.get("SOCKETRACE_COMMAND", "")) or [sys.executable, "-m", "socketrace"]
 ALL_WAYS = ("tracepoint", "kprobe", "kprobe-multi")
 # Enough functions for the checks, few enough that classic kprobes attach in seconds under emulation.
@@ -91,6 +97,71 @@ def kernel_tracepoints() -> frozenset[str]:
         [*COMMAND, "--list-funcs", "tracepoint"], capture_output=True, text=True, timeout=300, check=True
     ).stdout
     return frozenset(line.strip() for line in listing.splitlines() if line.startswith("  "))
+
+
+@dataclass(frozen=True)
+class Pace:
+    """The seconds one tracer start took here (exec to ready: imports, discovery, BCC's compile, attach),
+    measured once per session; every wait of this tier is a number of such starts. Under emulation a
+    start takes 5-15 s, natively 0.3-3 s; one under a second counts as a second, so a fast machine
+    keeps a margin against jitter."""
+
+    start: float
+    way: str
+
+    def seconds(self, starts: float) -> float:
+        return starts * max(self.start, 1.0)
+
+
+# Waits, in tracer starts (Pace.seconds). A start with the full set of classic kprobes takes about
+# four times the measured one (a subset), a stop with --wait-detach about as long again.
+READY_STARTS = 30  # a tracer's start
+EXIT_STARTS = 30  # a tracer's stop, detach included
+SETTLE_STARTS = 20  # the kernel freeing programs and links after a stop (RCU), a child exiting
+QUIET_STARTS = 0.05  # output unchanged this long: the reader has caught up with the traffic
+CALIBRATION_CAP = 900  # the one fixed bound: the calibrating start itself; a tracer slower than this is broken
+
+
+@cache
+def pace() -> Pace:
+    """Measure one tracer start on the best backend (its usual flags, a filter matching nothing)."""
+    if not kernel_ways():
+        return Pace(1.0, "none")
+    backend = Backend(kernel_ways()[0], kernel_tracepoints())
+    started = time.monotonic()
+    process = subprocess.Popen(
+        [*COMMAND, *backend.args(), "--filter-port", "9"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        for line in process.stderr:  # type: ignore[union-attr]
+            if READY_LINE in line or time.monotonic() - started > CALIBRATION_CAP:
+                break
+        seconds = time.monotonic() - started
+        process.send_signal(signal.SIGINT)
+        _, rest = process.communicate(timeout=CALIBRATION_CAP)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=CALIBRATION_CAP)
+    assert process.returncode == 0 and seconds < CALIBRATION_CAP, f"the calibrating tracer failed: {rest}"
+    return Pace(seconds, backend.way)
+
+
+# sock_diag's handlers for TCP and UDP, modules in Debian's kernels.
+DIAG_MODULES = ("inet_diag", "tcp_diag", "udp_diag")
+
+
+@cache
+def require_ss() -> str:
+    """ss, answering from the kernel's sock_diag rather than /proc/net: without tcp_diag ss reads
+    /proc/net/tcp, where sk: is a hashed pointer instead of the socket's cookie and marks are missing,
+    and without udp_diag it lists no UDP socket. The kernel loads them on demand by running modprobe
+    from init's root, which in the guests is the initramfs, so they are loaded here."""
+    ss = require_tool("ss")
+    modprobe = shutil.which("modprobe")
+    if modprobe is not None:  # built in, where modprobe -q finds no module
+        subprocess.run([modprobe, "-q", "-a", *DIAG_MODULES], check=False, timeout=pace().seconds(SETTLE_STARTS))
+    return ss
 
 
 def kernel_has_module_btf() -> bool:
@@ -173,6 +244,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     for nodeid, reason in sorted(NOT_APPLICABLE.items()):
         terminalreporter.write_line(f"NOT APPLICABLE on this kernel (deselected): {nodeid}: {reason}")
+    if pace.cache_info().currsize:
+        measured = pace()
+        terminalreporter.write_line(
+            f"pace: one tracer start took {measured.start:.2f} s here ({measured.way}); waits are multiples of it"
+        )
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -222,7 +298,8 @@ class Tracer:
     def stderr(self) -> str:
         return self.stderr_path.read_text()
 
-    def wait_ready(self, timeout: float = 300) -> None:
+    def wait_ready(self, timeout: float | None = None) -> None:
+        timeout = timeout or pace().seconds(READY_STARTS)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if READY_LINE in self.stderr:
@@ -231,24 +308,52 @@ class Tracer:
                 raise AssertionError(f"socketrace exited early ({self.process.returncode}): {self.stderr}")
             time.sleep(0.05)
         self.process.kill()
-        self.process.wait(timeout=60)
-        raise AssertionError(f"socketrace not ready after {timeout}s: {self.stderr}")
+        self.process.wait(timeout=pace().seconds(EXIT_STARTS))
+        raise AssertionError(f"socketrace not ready after {timeout:.0f} s: {self.stderr}")
 
-    def stop(self, sig: int = signal.SIGINT, settle: float = 0.3) -> TraceResult:
-        time.sleep(settle)  # let the last events reach the reader (it polls every 0.1 s)
+    def lines_so_far(self) -> list[str]:
+        """The event lines printed until now (the last one may still be partial)."""
+        return _event_lines(self.stdout_path.read_text())
+
+    def wait_for(self, condition: Callable[[list[str]], bool]) -> bool:
+        """Wait until the lines printed so far satisfy ``condition`` (events the kernel makes after
+        the traffic, such as a socket's destruction), bounded by SETTLE_STARTS."""
+        return settles(lambda: condition(self.lines_so_far()))
+
+    def caught_up(self) -> None:
+        """Wait until the output has not grown for a while (QUIET_STARTS): the reader has printed what
+        the traffic so far made. Bounded: under a steady load the output never rests."""
+        quiet = max(0.3, pace().seconds(QUIET_STARTS))
+        deadline = time.monotonic() + pace().seconds(SETTLE_STARTS)
+        size, since = -1, time.monotonic()
+        while time.monotonic() < deadline:
+            now_size = self.stdout_path.stat().st_size
+            if now_size != size:
+                size, since = now_size, time.monotonic()
+            elif time.monotonic() - since >= quiet:
+                return
+            time.sleep(0.05)
+
+    def stop(self, sig: int = signal.SIGINT, settle: bool = True) -> TraceResult:
+        """Signal the tracer, after its output has caught up (``settle``), and wait for its end."""
+        if settle:
+            self.caught_up()
         self.process.send_signal(sig)
         return self.wait()
 
-    def wait(self, timeout: float = 300) -> TraceResult:
+    def wait(self, timeout: float | None = None) -> TraceResult:
+        timeout = timeout or pace().seconds(EXIT_STARTS)
         try:
             returncode = self.process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.process.kill()
-            self.process.wait(timeout=60)
-            raise AssertionError(f"socketrace did not end within {timeout}s: {self.stderr}") from None
-        text = self.stdout_path.read_text()
-        lines = [line for line in text.splitlines() if line and not line.startswith(("CPU ", "TIME "))]
-        return TraceResult(returncode, lines, self.stderr)
+            self.process.wait(timeout=timeout)
+            raise AssertionError(f"socketrace did not end within {timeout:.0f} s: {self.stderr}") from None
+        return TraceResult(returncode, _event_lines(self.stdout_path.read_text()), self.stderr)
+
+
+def _event_lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line and not line.startswith(("CPU ", "TIME "))]
 
 
 @pytest.fixture
@@ -267,7 +372,7 @@ def trace(tmp_path: Path) -> Iterator:
     for tracer in started:
         if tracer.process.poll() is None:
             tracer.process.kill()
-            tracer.process.wait(timeout=60)
+            tracer.process.wait(timeout=pace().seconds(EXIT_STARTS))
 
 
 def free_port(family: int = socket.AF_INET) -> int:
@@ -312,9 +417,9 @@ def socketrace_programs() -> list[dict]:
     return [prog for prog in listing if PROGRAM_NAME.match(prog.get("name", ""))]
 
 
-def settles(condition, timeout: float = 120) -> bool:
+def settles(condition, timeout: float | None = None) -> bool:
     """Wait for a condition the kernel reaches asynchronously (programs are freed after an RCU grace period)."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + (timeout or pace().seconds(SETTLE_STARTS))
     while not condition():
         if time.monotonic() > deadline:
             return False

@@ -9,12 +9,11 @@ import re
 import socket
 import struct
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
-from .conftest import Backend, free_port, parse
+from .conftest import Backend, free_port, parse, require_ss
 from .traffic import WaitingProcess, tcp_exchange
 
 PID = os.getpid()
@@ -56,6 +55,7 @@ def test_json_lines_field_by_field_and_deltas_per_socket(trace, backend: Backend
     assert len(last) >= 3
 
 
+@pytest.mark.userland
 @pytest.mark.backends(best_only=True)
 def test_timestamp_columns(trace, backend: Backend) -> None:
     """The TIME column is user space's: one backend proves its three forms."""
@@ -101,6 +101,7 @@ def test_summary_counts_in_the_kernel_equal_the_calls(trace, backend: Backend) -
     assert "events counted" in result.stderr
 
 
+@pytest.mark.userland
 @pytest.mark.backends(best_only=True)
 def test_summary_every_interval_and_ready_file(trace, backend: Backend, tmp_path: Path) -> None:
     ready = tmp_path / "ready"
@@ -110,8 +111,8 @@ def test_summary_every_interval_and_ready_file(trace, backend: Backend, tmp_path
         *backend.args(), "--filter-port", port, "--summary", "--summary-interval", "0.5", "--ready-file", str(ready)
     )
     assert ready.exists() and ready.read_text() == ""  # created once attached ("Press Ctrl+C" came after it)
-    time.sleep(1.6)
-    tracer.stop()
+    assert tracer.wait_for(lambda lines: sum("=== 0 events in" in line for line in lines) >= 3)
+    tracer.stop(settle=False)  # a table every 0.5 s: the output never rests
     assert tracer.stdout_path.read_text().count("=== 0 events in") >= 3
 
 
@@ -147,18 +148,23 @@ LIFECYCLE = (
 
 @pytest.mark.backends("kprobe", "kprobe-multi")
 def test_track_sock_follows_listener_and_child_to_the_end(trace, backend: Backend) -> None:
-    """After close the port is reset to 0, so only tracking keeps the sockets' last functions."""
+    """The listener and the child lose their mark before they close, so only tracking keeps their
+    last functions; those still show the local port, which the kernel keeps in inet_sport."""
     port = free_port()
     code = (
-        f"import socket; server = socket.socket(); server.bind(('127.0.0.1', {port})); server.listen()\n"
+        f"import socket; server = socket.socket(); server.bind(('127.0.0.1', {port}))\n"
+        "server.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, 7); server.listen()\n"
         f"client = socket.create_connection(('127.0.0.1', {port})); child, _ = server.accept()\n"
+        "child.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, 7)\n"
         "client.send(b'ping'); child.recv(10); child.send(b'pong'); client.recv(10)\n"
+        "for marked in (server, child): marked.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, 0)\n"
         "client.close(); child.close(); server.close()\n"
     )
     traffic = WaitingProcess(code)
-    tracer = trace(*backend.args(LIFECYCLE), "--filter-port", str(port), "--filter-track-sock")
+    tracer = trace(*backend.args(LIFECYCLE), "--filter-mark", "7", "--filter-track-sock")
     traffic.run()
-    time.sleep(2)
+    destructs = ("sk_destruct", "inet_sock_destruct")
+    tracer.wait_for(lambda lines: len({line.split("sk=")[1].split()[0] for line in lines if destructs[0] in line}) >= 2)
     result = tracer.stop()
     tracked = {
         func: {line.split("sk=")[1].split()[0] for line in result.with_func(func)}
@@ -171,8 +177,65 @@ def test_track_sock_follows_listener_and_child_to_the_end(trace, backend: Backen
     assert listener and children, tracked
     assert listener <= destroyed, tracked  # followed past close
     assert children & destroyed, tracked  # the accepted child too
-    # By then the local port is 0: the port filter alone would have dropped these lines.
-    assert all(re.search(r" 127\.0\.0\.1:0 -> | 0\.0\.0\.0:0 -> ", line) for line in destruct_lines), destruct_lines
+    # By then skc_num is 0 (the port given back), inet_sport is not: the lines show the port.
+    assert all(f" 127.0.0.1:{port} -> " in line for line in destruct_lines), destruct_lines
+
+
+# What each kind of backend sees of a TCP connection's last moments: the state changes (the tracepoint's
+# FIN_WAIT2 -> CLOSE of the side that closed first comes after tcp_set_state() gave the port back),
+# or the functions that run after that.
+ENDINGS = {"tracepoint": "inet_sock_set_state", "kprobe": "tcp_v4_destroy_sock|sk_destruct|tcp_close|tcp_sendmsg"}
+SS_SOCKET = re.compile(r" ino:(\d+) sk:([0-9a-f]+)")
+
+
+def test_ports_to_the_last_event_and_cookies_as_ss_prints_them(trace, backend: Backend) -> None:
+    """A connection over loopback closed by both sides, the server first: every event of the accepted
+    socket carries the listening port, to its last one (the local port as inet_sock_set_state and ss
+    show it, not skc_num, which the kernel zeroes as it gives the port back), and each socket's cookie
+    is the one ss prints after sk: (in hex) beside the same ino:."""
+    ss = require_ss()
+    port = free_port()
+    funcs = ENDINGS["tracepoint" if not backend.is_kprobe else "kprobe"]
+    tracer = trace(*backend.args(funcs), "--filter-port", str(port), "--output-json")
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", port))
+        server.listen()
+        client = socket.create_connection(("127.0.0.1", port))
+        child, _ = server.accept()
+        client.sendall(b"ping")
+        assert child.recv(10) == b"ping"
+        listing = subprocess.run(
+            [ss, "-tanHe", f"( sport = :{port} or dport = :{port} )"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout
+        cookies = {int(ino): int(cookie, 16) for ino, cookie in SS_SOCKET.findall(listing)}
+        inodes = {name: os.fstat(sock.fileno()).st_ino for name, sock in (("child", child), ("client", client))}
+        child.close()  # the server closes first: FIN_WAIT1, FIN_WAIT2, then TIME_WAIT
+        assert client.recv(10) == b""
+        client.close()
+    result = tracer.stop()
+    events = [json.loads(line) for line in result.lines]
+    assert set(inodes.values()) <= set(cookies), listing
+    assert all(port in (event["sport"], event["dport"]) for event in events), events  # what the filter promises
+    sk_of = {event["ino"]: event["sk"] for event in events if event["ino"] is not None}
+    child_events = [event for event in events if event["sk"] == sk_of[inodes["child"]]]
+    assert child_events and all(event["sport"] == port for event in child_events), child_events
+    last_with_file = max(index for index, event in enumerate(child_events) if event["ino"] is not None)
+    orphaned = child_events[last_with_file + 1 :]  # after close(): no struct socket, still its cookie
+    if backend.is_kprobe:
+        last = {event["func"] for event in orphaned}
+        assert "tcp_v4_destroy_sock" in last, child_events
+    else:
+        last = {event["state"] for event in orphaned if event["func"] == "inet_sock_set_state"}
+        assert "FIN_WAIT2" in last, child_events  # FIN_WAIT2 -> CLOSE: skc_num was 0 by then
+    for name, inode in inodes.items():
+        sk = sk_of[inode]
+        seen = {event["cookie"] for event in events if event["sk"] == sk and event["cookie"]}
+        assert seen == {cookies[inode]}, (name, seen, listing)
+    assert all(event["cookie"] == cookies[inodes["child"]] for event in orphaned), orphaned
 
 
 @pytest.mark.backends(sees=("unix", "netlink"))
@@ -227,7 +290,6 @@ def test_return_values_where_the_backend_has_them(trace, backend: Backend) -> No
         traffic = WaitingProcess(code)
         tracer = trace(*backend.args(), "--filter-pid", str(traffic.pid), "--filter-errors", "--output-json")
         traffic.run()
-        time.sleep(1)
         result = tracer.stop()
     events = [json.loads(line) for line in result.lines]
     failing = {event["func"] for event in events if event["errno"] == "EADDRINUSE"}
@@ -242,7 +304,6 @@ def test_return_value_kinds(trace, backend: Backend) -> None:
     funcs = "tcp_set_state|sk_page_frag_refill|inet_csk_accept"
     tracer = trace(*backend.args(funcs), "--filter-port", str(port), "--output-return")
     tcp_exchange(port)
-    time.sleep(1)
     result = tracer.stop()
     void = result.with_func("tcp_set_state")
     assert void and all("ret=" not in line and re.search(r" duration=\d+\.\dus ", line) for line in void), void
@@ -272,7 +333,6 @@ def test_kernel_module_functions(trace, backend: Backend) -> None:
             with conn:
                 assert conn.recv(10) == b"ping"
             client_port = client.getsockname()[1]
-    time.sleep(1)
     result = tracer.stop()
     sends = [line for line in result.with_func("sctp_sendmsg") if f":{client_port} -> 127.0.0.1:{port} " in line]
     assert sends, result.lines[:40]

@@ -18,10 +18,8 @@ import pytest
 import socketrace
 
 from ..conftest import require, require_tool
-from .conftest import ROOT, Tracer, free_port
+from .conftest import ROOT, SYSTEM_PYTHON, Tracer, free_port
 from .traffic import tcp_exchange
-
-SYSTEM_PYTHON = "/usr/bin/python3"
 
 
 @pytest.fixture(scope="module")

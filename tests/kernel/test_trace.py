@@ -7,6 +7,7 @@ not. Each test runs once per backend the kernel offers (see conftest.Backend).
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -50,7 +51,7 @@ def test_tcp_ipv4_exact_tuple_port_and_protocol_filters_and_inode(trace, backend
     # The identity on every line: the inode is the client socket file's, as `ss -e` shows it.
     connected = [line for line in result.lines if client_tuple in line and "state=CONNECTED" in line]
     assert connected and all(f"f_ino={exchange.client_inode} sk=0x" in line for line in connected), result.lines
-    assert all(line.endswith(f" ino={exchange.client_inode}") for line in connected)
+    assert all(re.search(rf" ino={exchange.client_inode} cookie=[0-9a-f]+$", line) for line in connected)
 
 
 def test_tcp_ipv6_with_address_filter(trace, backend: Backend) -> None:
@@ -116,6 +117,7 @@ def test_netns_filter(trace, backend: Backend, netns: str) -> None:
     assert all(f"netns={inode} " in line for line in result.lines)
 
 
+@pytest.mark.userland
 @pytest.mark.backends(best_only=True)
 def test_netns_by_path_of_a_process_and_by_inode(trace, backend: Backend, netns: str) -> None:
     """The namespace's spellings all become its inode in options.py: one backend proves them."""
@@ -177,6 +179,7 @@ def test_stack_is_symbolized(trace, backend: Backend) -> None:
     assert any(name in "".join(frames) for name in ("tcp_", "inet_", "sock_", "__sys_")), frames
 
 
+@pytest.mark.userland
 def test_output_file_and_line_limit(trace, backend: Backend, tmp_path: Path) -> None:
     port = free_port()
     output = tmp_path / "events.txt"
@@ -211,6 +214,7 @@ def test_perf_buffer_path(trace, backend: Backend) -> None:
     assert counts["printed"] == len(result.lines) and counts["dropped"] == 0
 
 
+@pytest.mark.userland
 @pytest.mark.backends(best_only=True)
 def test_zipapp_traces_with_system_python(trace, backend: Backend) -> None:
     """`make dist`'s single file runs with the distribution's own python3 and BCC, like the Go binary did."""

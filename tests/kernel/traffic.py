@@ -155,9 +155,10 @@ while time.time() < until:
 
 
 class UdpFlood:
-    """UDP ping-pong loops on loopback in separate processes, as fast as they go, for a bounded time."""
+    """UDP ping-pong loops on loopback in separate processes, as fast as they go, until the block ends;
+    ``seconds`` bounds them should the test itself be killed (the caller's share of its wait bounds)."""
 
-    def __init__(self, senders: int = 2, seconds: float = 120) -> None:
+    def __init__(self, senders: int, seconds: float) -> None:
         self._args = [str(time.time() + seconds)]
         self._senders = senders
         self._processes: list[subprocess.Popen] = []

@@ -18,6 +18,7 @@ from socketrace.discovery import (
     _select_functions,
     find_socket_probes,
     kernel_field_locations,
+    sock_common_fields,
     socket_functions,
 )
 
@@ -108,6 +109,17 @@ def test_this_kernel_positions(vmlinux: Btf) -> None:
     assert found["inet_release"] == (0, ArgKind.SOCKET)
     sock_count = sum(1 for _, kind in found.values() if kind is ArgKind.SOCK)
     assert sock_count > 800  # 954 on Debian 11's 5.10, 1,378 on 6.18
+
+
+def test_this_kernel_local_port_and_cookie_fields(vmlinux: Btf) -> None:
+    """inet_sport lies past struct sock (read alone, only from inet socks), tw_sport past sock_common
+    (read only from a time-wait sock), the cookie inside sock_common (valid in mini socks too)."""
+    fields = kernel_field_locations(vmlinux)
+    inet_sport, tw_sport, cookie = fields["INET_SPORT"], fields["TW_SPORT"], fields["SK_COOKIE"]
+    assert (inet_sport.size, tw_sport.size, cookie.size) == (2, 2, 8)
+    assert inet_sport.offset >= vmlinux.size_of(vmlinux.struct_id("sock"))
+    assert tw_sport.offset >= vmlinux.size_of(vmlinux.struct_id("sock_common")) >= cookie.end
+    assert "SK_COOKIE" in sock_common_fields() and not {"INET_SPORT", "TW_SPORT"} & sock_common_fields()
 
 
 def test_this_kernel_const_sock_functions_are_found(vmlinux: Btf) -> None:

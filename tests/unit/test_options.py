@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from socketrace.cli import main
-from socketrace.options import OptionError, parse_addr, parse_netns, parse_protocol, parse_regex
+from socketrace.options import Filters, OptionError, parse_addr, parse_netns, parse_protocol, parse_regex
 
 
 def test_addresses_of_both_families() -> None:
@@ -61,6 +61,11 @@ BAD_INPUTS = [
     ["--filter-addr", "1.2.3"],
     ["--filter-addr", "::g"],
     ["--filter-addr", ""],
+    ["--filter-addr", "10.0.0.0/33"],
+    ["--filter-addr", "::/x"],
+    ["--filter-port", "5-3"],
+    ["--filter-port", "1-70000"],
+    ["--filter-port", "22", "--filter-port", "1-"],
     ["--filter-protocol", "quic"],
     ["--filter-protocol", "70000"],
     ["--filter-netns", "/nonexistent/ns"],
@@ -71,6 +76,13 @@ BAD_INPUTS = [
     ["--filter-netns", "99999999999"],
     ["--filter-netns", ""],
     ["--filter-funcs", "tcp_("],
+    ["--filter", ""],
+    ["--filter", "sport = :22 or"],
+    ["--filter", "( dport = :22"],
+    ["--filter", "src example.com"],
+    ["--filter", "dst 10.0.0.0/33"],
+    ["--filter", "sport = :nosuchservice"],
+    ["--filter", "sport = 1 or sport = 2 and sport = 3"],
     ["--kprobe-way", "fentry"],
     ["--kmods", "sctp,../x"],
     ["--kmods", ","],
@@ -125,3 +137,47 @@ def test_bad_input_from_the_command_line(tmp_path: Path) -> None:
         result.stderr
         == "socketrace: error: Invalid value for '--filter-netns': /etc/hostname is not a namespace file\n"
     )
+
+
+def test_filter_expression_error_names_the_column(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--filter", "dst 10.0.0.0/33"]) == 2
+    assert capsys.readouterr().err == (
+        "socketrace: error: Invalid value for '--filter': prefix /33 is longer than an IPv4 address (32 bits) "
+        "(column 14)\n"
+    )
+
+
+def test_filter_expression_joins_the_flags() -> None:
+    from socketrace.cli import build_options, command
+    from socketrace.filter_expr import Not, Or, PortTest
+
+    flags = dict(command.make_context("socketrace", ["--filter", "not ( sport = :ssh or dport = :22 )"]).params)
+    for cli_only in ("debug", "version"):
+        flags.pop(cli_only)
+    filters = build_options({**flags, "port": ((80, 80),)}).filters
+    assert filters.expr == Not(Or((PortTest("src", "==", 22), PortTest("dst", "==", 22))))
+    assert filters.port == 80  # both filter: `and`
+
+
+def _filters(*args: str) -> Filters:
+    from socketrace.cli import build_options, command
+
+    flags = dict(command.make_context("socketrace", list(args)).params)
+    for cli_only in ("debug", "version"):
+        flags.pop(cli_only)
+    return build_options(flags).filters
+
+
+def test_ports_ranges_and_networks_become_tree_nodes() -> None:
+    from socketrace.filter_expr import AddrTest, And, Or, PortTest, StateTest
+
+    assert _filters("--filter-port", "22") == Filters(port=22)  # one port: the fast macro, as before
+    assert _filters("--filter-addr", "10.0.0.1/32").addr == ipaddress.IPv4Address("10.0.0.1")
+    both = _filters("--filter-port", "22", "--filter-port", "1000-2000", "--filter", "state listening")
+    assert both.port is None
+    ends = [PortTest(end, "==", 22) for end in ("src", "dst")]
+    ranges = [And((PortTest(end, ">=", 1000), PortTest(end, "<=", 2000))) for end in ("src", "dst")]
+    assert both.expr == And((Or((ends[0], ends[1], ranges[0], ranges[1])), StateTest(frozenset({10}))))
+    network = _filters("--filter-addr", "10.1.2.3/8")
+    assert network.addr is None
+    assert network.expr == Or(tuple(AddrTest(end, 2, 10 << 24, 8) for end in ("src", "dst")))

@@ -56,7 +56,7 @@ def test_ipv4_line_like_the_original() -> None:
     assert line == (
         "5   926(sshd)                        tcp_sendmsg                      "
         "192.168.64.2:22 -> 192.168.64.1:55856 netns=4026531840 family=AF_INET protocol=IPPROTO_TCP"
-        " state=ESTABLISHED sk=0xffff888012345678"
+        " state=ESTABLISHED sk=0xffff888012345678 cookie=0"
     )
 
 
@@ -68,7 +68,7 @@ def test_ipv6_line() -> None:
 def test_netlink_protocol_by_name_and_no_tuple() -> None:
     line = formatter().format(raw(family=AF_NETLINK, protocol=0))
     assert line.endswith(
-        "family=AF_NETLINK protocol=NETLINK_ROUTE portid=0 dst_portid=0 groups=0x0 sk=0xffff888012345678"
+        "family=AF_NETLINK protocol=NETLINK_ROUTE portid=0 dst_portid=0 groups=0x0 sk=0xffff888012345678 cookie=0"
     )
     assert "tcp_sendmsg" + " " * 22 + "netns=" in line
 
@@ -87,11 +87,14 @@ def test_extra_fields() -> None:
         socket_state=3,
         socket_type=1,
         socket_ino=12345,
+        cookie=0x4E2,
     )
     line = formatter(sock_common=True, sock_info=True, socket_info=True).format(record)
     assert "state=ESTABLISHED reuseport=true bound_ifindex=3" in line
     assert "rx_dst_ifindex=2 backlog_len=0 rcv_buff=131072 snd_buff=16384 priority=0 mark=9 type=SOCK_STREAM" in line
-    assert line.endswith("state=CONNECTED type=SOCK_STREAM flags=0x0 f_ino=12345 sk=0xffff888012345678 ino=12345")
+    assert line.endswith(
+        "state=CONNECTED type=SOCK_STREAM flags=0x0 f_ino=12345 sk=0xffff888012345678 ino=12345 cookie=4e2"
+    )
 
 
 def test_cached_text_follows_the_bytes_it_came_from() -> None:
@@ -139,6 +142,7 @@ def test_json_has_every_field_even_when_zero() -> None:
     assert (fields["saddr"], fields["sport"], fields["family"]) == ("::1", 0, "AF_INET6")
     assert fields["sk"] == "0xffff888012345678"
     assert fields["ino"] is None and fields["socket_state"] is None  # no struct socket
+    assert fields["cookie"] == 0  # not assigned yet: a number all the same
     assert fields["stack"] == [] and fields["mark"] == 0 and fields["delta_ns"] == 0
     assert fields["ret"] is None and fields["duration_ns"] is None  # an entry, not a return
     unix = json.loads(JsonFormatter(PROBES, EventClock(Timestamp.NONE), None).format(raw(family=AF_UNIX)))
@@ -154,6 +158,16 @@ def test_json_return_values() -> None:
     assert (failed["ret"], failed["errno"], failed["duration_ns"]) == (-98, "EADDRINUSE", 5)
     readable = json.loads(JsonFormatter(PROBES, clock, None).format(raw(flags=EVENT_RETURN, retval=1, probe_id=2)))
     assert readable["ret"] is True and readable["errno"] is None
+
+
+def test_cookie_in_ss_hex_in_the_table_and_a_number_in_json() -> None:
+    """ss -e prints the cookie as sk:%llx: the table's cookie= is the same text, JSON the integer."""
+    record = raw(cookie=0x1_0000_04E2, sock_flags=SOCK_HAS_SOCKET, socket_ino=7)
+    assert formatter().format(record).endswith(" sk=0xffff888012345678 ino=7 cookie=1000004e2")
+    fields = json.loads(JsonFormatter(PROBES, EventClock(Timestamp.NONE), None).format(record))
+    assert (fields["ino"], fields["cookie"]) == (7, 0x1_0000_04E2)
+    time_wait = formatter().format(raw(cookie=0x4E2, state=6))  # a mini sock: no socket, a cookie
+    assert time_wait.endswith(" state=TIME_WAIT sk=0xffff888012345678 cookie=4e2")
 
 
 def test_delta_is_per_socket() -> None:
@@ -222,6 +236,11 @@ def test_accounting_line_adds_up() -> None:
     assert summary[1] == "7 probe hits skipped by the kernel (a BPF program was already running)"
     gone = accounting_lines(counters, Delivery(6, unprinted=4, output_gone=True), KernelRuns(None, None, 0))
     assert gone[0].startswith("6 events printed, 5 dropped (buffer full: 4, nested: 1), 4 not printed (the output")
+    # A stop under a flood: the drain ran out of time with events still in the buffer.
+    stopped = accounting_lines(counters, Delivery(7, left=3), KernelRuns(None, None, 0))
+    assert ", 3 not printed (left in the buffer at the stop), 2 probe runs" in stopped[0]
+    both = accounting_lines(counters, Delivery(4, unprinted=2, left=4, output_gone=True), KernelRuns(None, None, 0))
+    assert ", 6 not printed (the output stopped taking them: 2, left in the buffer at the stop: 4), " in both[0]
 
 
 def test_return_drops_are_accounted_on_the_returns_line_only() -> None:
@@ -238,4 +257,4 @@ def test_return_drops_are_accounted_on_the_returns_line_only() -> None:
 
 
 def test_event_size() -> None:
-    assert ctypes.sizeof(Event) == EVENT_SIZE == 312
+    assert ctypes.sizeof(Event) == EVENT_SIZE == 320

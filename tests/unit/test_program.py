@@ -9,6 +9,7 @@ import sys
 from socketrace.contract import ArgKind
 from socketrace.discovery import MISSING_FIELD, Discovery, FieldLocation, Probe, ProbeKind
 from socketrace.features import Features
+from socketrace.filter_expr import parse_filter
 from socketrace.options import AttachWay, Filters, Options, OutputSpec
 from socketrace.program import kernel_version_code, macro_definitions, plan_program, program_listing
 
@@ -21,6 +22,9 @@ RING = Features(ring_buffer=True, kprobes=False)
 INTEGER_LIST = re.compile(r"^-?\d+(U|ULL)?(,-?\d+)*$")
 # Macros whose value is an entry point's name: identifiers made by socketrace.contract, never user input.
 NAME_MACROS = {"KPROBE_MULTI_ENTRY_NAME", "KPROBE_MULTI_RETURN_NAME", "SHARED_HANDLER_NAME"}
+# FILTER_EXPR, the one macro that is an expression: integers, accessor names and operators (filter_expr's tokens).
+_ACCESSOR = r"F_(?:PID|FAMILY|STATE|SPORT|DPORT|SADDR4|DADDR4|PROTOCOL|MARK|NETNS)|F_[SD]ADDR6\([0-3]\)"
+EXPRESSION = re.compile(rf"(?:\s+|[0-9]+U?|{_ACCESSOR}|==|!=|<=|>=|<<|&&|\|\||[<>&!()])*")
 
 
 def _macros(**filters: object) -> dict[str, str]:
@@ -78,7 +82,12 @@ def test_outputs_and_buffer() -> None:
 
 
 def test_every_macro_is_integers_only() -> None:
-    options = Options(filters=Filters(pid=1, netns=2, mark=3, protocol=4, port=5, addr=ipaddress.ip_address("::1")))
+    tree = parse_filter(
+        "not ( sport = :22 or dport < 1024 ) and src 10.0.0.0/8 or ( dst ::1/128 fwmark = 7 state bucket )"
+    )
+    options = Options(
+        filters=Filters(pid=1, netns=2, mark=3, protocol=4, port=5, addr=ipaddress.ip_address("::1"), expr=tree)
+    )
     probes = [
         Probe("inet_sock_set_state", 0, ArgKind.SOCK, ProbeKind.TRACEPOINT),
         Probe("kfree_skb", 1, ArgKind.SKB, ProbeKind.TRACEPOINT),
@@ -89,6 +98,8 @@ def test_every_macro_is_integers_only() -> None:
             assert value == "RAWTP(rawtp_0,0,0,0)RAWTP(rawtp_1,1,1,2)"
         elif name in NAME_MACROS:
             assert re.fullmatch(r"[a-z_]+", value), (name, value)
+        elif name == "FILTER_EXPR":
+            assert EXPRESSION.fullmatch(value) and value.count("(") == value.count(")"), value
         else:
             assert INTEGER_LIST.match(value), (name, value)
     assert [entry.name for entry in plan.entries] == ["rawtp_0", "rawtp_1"]
@@ -96,6 +107,7 @@ def test_every_macro_is_integers_only() -> None:
     assert "-DFILTER_PORT=5" in plan.cflags
     listing = program_listing(plan)
     assert "#define FILTER_PORT 5" in listing
+    assert f"#define FILTER_EXPR {plan.macros['FILTER_EXPR']}\n" in listing  # what --ebpf --filter shows
     assert "int SHARED_HANDLER_NAME(void *ctx)" in listing
 
 
@@ -143,3 +155,29 @@ def test_summary_is_counted_in_the_kernel() -> None:
     options = Options(output=OutputSpec(summary=True))
     plan = plan_program(options, Discovery([], probes, dict(FIELDS)), AttachWay.TRACEPOINT, RING)
     assert plan.macros["OUTPUT_SUMMARY"] == "1" and plan.macros["SUMMARY_PROBES"] == "3"
+
+
+def test_filter_expression_macros() -> None:
+    """FILTER_EXPR, HAVE_<accessor> per accessor it reads, the head copy when it reads the head, and the IPv6
+    addresses in that copy when it tests them."""
+    fields = {
+        **FIELDS,
+        "SK_DADDR": FieldLocation(0, 4, 0, 32),
+        "SK_STATE": FieldLocation(18, 1, 0, 8),
+        "SK_V6_DADDR": FieldLocation(56, 16, 0, 128),
+        "SK_V6_RCV_SADDR": FieldLocation(72, 16, 0, 128),
+    }
+
+    def macros(text: str) -> dict[str, str]:
+        return macro_definitions(Options(filters=Filters(expr=parse_filter(text))), fields, RING)
+
+    ports = macros("not ( sport = :22 or dport = :22 )")
+    assert ports["FILTER_EXPR"].startswith("!((") and "F_SPORT == 22" in ports["FILTER_EXPR"]
+    assert {name for name in ports if name.startswith("HAVE_F_")} == {"HAVE_F_SPORT", "HAVE_F_DPORT", "HAVE_F_FAMILY"}
+    assert ports["FILTERS_READ_HEAD"] == "1" and ports["SK_HEAD_SPAN"] == "24"
+    assert "FILTER_INET" not in ports  # the expression guards its own port tests
+    assert macros("dst ::1")["SK_HEAD_SPAN"] == "72"  # skc_v6_daddr joins the head copy
+    assert macros("src ::1")["SK_HEAD_SPAN"] == "88"
+    namespace = macros("netns 4026531840")
+    assert namespace["HAVE_F_NETNS"] == "1" and "FILTERS_READ_HEAD" not in namespace
+    assert "FILTER_EXPR" not in _macros()

@@ -130,6 +130,8 @@ GUEST_PACKAGES = (
     "curl",
     "netcat-openbsd",
 )
+# The oracles of tests/kernel/test_oracle.py, in the userlands of guests that run it (the host's has them too).
+ORACLE_PACKAGES = ("bpftrace", "openssh-server", "openssh-client", "apache2-utils", "nginx-light")
 PIP_PACKAGES = ("click", "tqdm", "pyelftools", "pytest")
 USERLANDS = {
     # Debian's own click, tqdm, pyelftools and pytest too, for `python3 -m pytest` with the system Python.
@@ -137,7 +139,7 @@ USERLANDS = {
         TRIXIE, "amd64", (*GUEST_PACKAGES, "python3-click", "python3-tqdm", "python3-pyelftools", "python3-pytest")
     ),
     # Not bullseye-security: its index lists a bpftool (5.10.262) that its pool does not hold.
-    "bullseye": UserlandSpec(("bullseye",), "amd64", GUEST_PACKAGES),
+    "bullseye": UserlandSpec(("bullseye",), "amd64", (*GUEST_PACKAGES, *ORACLE_PACKAGES)),
     "bookworm-arm64": UserlandSpec(BOOKWORM, "arm64", GUEST_PACKAGES),
 }
 VENV = "/opt/socketrace-venv"

@@ -1,20 +1,29 @@
 """The unit and kernel tiers inside real Debian kernels and userlands, booted under QEMU.
 
-Each guest runs the same tests as this machine, on its kernel's backends: the
-host's userland (Debian 12: Python 3.11, BCC 0.26) on 6.1 (classic kprobes and
-raw tracepoints: `make test` on a stock Debian 12) and on 6.12 (kprobe-multi
-and classic kprobes; raw tracepoints are covered on 6.18, 6.1 and 5.10);
-Debian 13's (Python 3.13, BCC 0.31) on 6.12 with its default backend, since
-guest 2 covers that kernel's others; Debian 11's (Python 3.9, BCC 0.18) on its
-5.10 (classic kprobes and raw tracepoints); Debian 12 arm64 on 6.12 (classic
-kprobes) and 6.18 (kprobe-multi), a subset there since arm64 is emulated
-instruction by instruction. The ten signals spread over start-up run once per
-backend: raw tracepoints on this machine, classic kprobes on 6.1, kprobe-multi
-on 6.12. In a userland other than the host's, socketrace is the wheel built
-here, installed into that userland's own venv as a user would, and the tests
-run that command. Guests are listed longest first, so two at a time balance.
+Each guest runs what its kernel and userland can change, on its kernel's
+backends: the host's userland (Debian 12: Python 3.11, BCC 0.26) on 6.1
+(classic kprobes and raw tracepoints: `make test` on a stock Debian 12) and on
+6.12 (kprobe-multi and classic kprobes; raw tracepoints are covered on 6.18,
+6.1 and 5.10) runs the kernel tier but not what depends on the userland alone
+(the unit tier, tests marked ``userland``: this machine ran them in the same
+userland); Debian 11's (Python 3.9, BCC 0.18) on its 5.10 runs both tiers on
+classic kprobes (without bpf_get_func_ip) and tracing and stops on raw tracepoints;
+Debian 13's (Python 3.13, BCC 0.31) on 6.12, whose kernel guest 1 covers, the
+unit tier and what a new Python and BCC can change (attach and trace, signals,
+the verifier matrix); Debian 12 arm64 on 6.12 (classic kprobes) and 6.18
+(kprobe-multi) a subset, since arm64 is emulated instruction by instruction.
+The ten signals spread over start-up run once per backend: raw tracepoints on
+this machine, classic kprobes on 6.1, kprobe-multi on 6.12. In a userland other
+than the host's, socketrace is the wheel built here, installed into that
+userland's own venv as a user would, and the tests run that command. Guests are
+listed longest first, so two at a time balance. ``SOCKETRACE_TEST_PLAN=full``
+(``make test-full``, for releases) runs both tiers everywhere instead.
 
-Each guest writes its row of the README's platform table to build/platforms/.
+The tier has a budget (``SOCKETRACE_VM_BUDGET`` seconds from
+``SOCKETRACE_VM_STARTED``, which `make` sets when the tier starts): each guest
+may run until it is spent. The guests print a line as each test starts and
+ends, so one cut off by the deadline says which test was running and what each
+took. Each guest writes its row of the README's platform table to build/platforms/.
 """
 
 from __future__ import annotations
@@ -23,12 +32,13 @@ import os
 import re
 import shlex
 import shutil
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
 
-from ..conftest import require
+from ..conftest import PROGRESS_DONE, PROGRESS_START, require
 from .harness import ARCHES, VENV, WHEELS, prepare_kernel, prepare_userland, run_in_vm
 
 pytestmark = pytest.mark.vm
@@ -37,8 +47,24 @@ ROOT = Path(__file__).parents[2]
 GUEST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # Emulated arm64 is slow: the end-to-end tests of the kprobe backends on their function subset, and the matrix.
 ARM64_SUBSET = "tests/kernel/test_trace.py tests/kernel/test_matrix.py tests/kernel/test_lifecycle.py"
-EVERYTHING = "tests/unit tests/kernel --ignore=tests/kernel/test_install.py"
+KERNEL_TIER = "tests/kernel --ignore=tests/kernel/test_install.py"
+EVERYTHING = f"tests/unit {KERNEL_TIER}"
+TRACE = "tests/kernel/test_trace.py"  # attach, names and in-kernel filters of a backend
+# What a new Python and BCC can change on a kernel another guest covers: attach, trace, stop, verify.
+LIFECYCLE = "tests/kernel/test_lifecycle.py"  # stops: signals, pipes, errors
+NEW_USERLAND = f"tests/unit {TRACE} {LIFECYCLE} tests/kernel/test_matrix.py"
 SPREAD = "spread_offsets"  # the ten signals over start-up: once per backend, where the guest says
+KERNEL_ONLY = "not userland"  # a -m expression: leave out what this machine's own userland ran
+
+
+@dataclass(frozen=True)
+class Run:
+    """One pytest run in a guest: which tests, on which of the kernel's backends."""
+
+    tests: str
+    ways: str = ""  # SOCKETRACE_TEST_WAYS: backends to test ("" = every one the kernel offers)
+    deselect: str = f"not {SPREAD}"  # a pytest -k expression
+    markers: str = ""  # a pytest -m expression
 
 
 @dataclass(frozen=True)
@@ -46,28 +72,72 @@ class Guest:
     name: str  # distribution and kernel, as the platform table says
     kernel: str  # a key of harness.KERNELS
     userland: str  # a key of harness.USERLANDS, or "" for the host's own
-    tests: str = EVERYTHING
-    ways: str = ""  # SOCKETRACE_TEST_WAYS: backends to test ("" = every one the kernel offers)
-    deselect: str = f"not {SPREAD}"  # a pytest -k expression
+    runs: tuple[Run, ...]
+    what: str  # what it runs, as the platform table says
     cpus: int = 1
 
 
 GUESTS = [
-    Guest("Debian 12 (bookworm)", "6.12", "", ways="kprobe-multi,kprobe", deselect=f"not ({SPREAD} and not multi)"),
-    Guest("Debian 12 (bookworm)", "6.1", "", deselect=f"not ({SPREAD} and tracepoint)"),
-    Guest("Debian 11 (bullseye)", "5.10", "bullseye"),
-    Guest("Debian 13 (trixie)", "6.12", "trixie", ways="kprobe-multi"),
-    Guest("Debian 12 (bookworm) arm64", "6.18-arm64", "bookworm-arm64", ARM64_SUBSET, "kprobe-multi", cpus=2),
-    Guest("Debian 12 (bookworm) arm64", "6.12-arm64", "bookworm-arm64", ARM64_SUBSET, "kprobe", cpus=2),
+    # kprobe-multi in full, the ten signals included; classic kprobes attach, name and filter here
+    # too (their stops, loads and signals on 6.1 and 5.10); raw tracepoints on 6.18, 6.1 and 5.10.
+    Guest(
+        "Debian 12 (bookworm)",
+        "6.12",
+        "",
+        (Run(KERNEL_TIER, "kprobe-multi", "", KERNEL_ONLY), Run(TRACE, "kprobe", "", KERNEL_ONLY)),
+        "kernel tier (kprobe-multi), tracing (kprobe)",
+    ),
+    # Classic kprobes in full, the ten signals included; pre-6.3 raw tracepoints trace here and in
+    # full on 5.10.
+    Guest(
+        "Debian 12 (bookworm)",
+        "6.1",
+        "",
+        (Run(KERNEL_TIER, "kprobe", "", KERNEL_ONLY), Run(TRACE, "tracepoint", "", KERNEL_ONLY)),
+        "kernel tier (kprobe), tracing (tracepoint)",
+    ),
+    # Both tiers on classic kprobes without bpf_get_func_ip (5.15) and BCC 0.18; pre-6.3 raw tracepoints
+    # trace and stop here (the rest of that backend is the same code as on 6.18, with fewer tracepoints).
+    Guest(
+        "Debian 11 (bullseye)",
+        "5.10",
+        "bullseye",
+        (Run(EVERYTHING, "kprobe"), Run(f"{TRACE} {LIFECYCLE}", "tracepoint")),
+        "unit and kernel tiers (kprobe), tracing and stops (tracepoint)",
+    ),
+    Guest("Debian 13 (trixie)", "6.12", "trixie", (Run(NEW_USERLAND, "kprobe-multi"),), "unit tier, tracing"),
+    Guest(
+        "Debian 12 (bookworm) arm64",
+        "6.18-arm64",
+        "bookworm-arm64",
+        (Run(ARM64_SUBSET, "kprobe-multi", markers=KERNEL_ONLY),),
+        "the arm64 subset",
+        cpus=2,
+    ),
+    Guest(
+        "Debian 12 (bookworm) arm64",
+        "6.12-arm64",
+        "bookworm-arm64",
+        (Run(ARM64_SUBSET, "kprobe", markers=KERNEL_ONLY),),
+        "the arm64 subset",
+        cpus=2,
+    ),
 ]
+FULL_PLAN = os.environ.get("SOCKETRACE_TEST_PLAN") == "full"
+if FULL_PLAN:  # both tiers on every backend everywhere but on arm64, for releases
+    GUESTS = [
+        replace(guest, runs=(Run(EVERYTHING),), what="unit and kernel tiers") if guest.cpus == 1 else guest
+        for guest in GUESTS
+    ]
+# The tier's budget, from its start; each guest runs until it is spent (CI has 90 minutes in all).
+BUDGET = float(os.environ.get("SOCKETRACE_VM_BUDGET", 3300 if not FULL_PLAN else 7200))
+STARTED = float(os.environ.get("SOCKETRACE_VM_STARTED", time.time()))
 
 
 def _command(guest: Guest, wheel: Path | None) -> str:
     """Install the wheel in a built userland (or use the host's venv), report versions, run pytest."""
-    env = (
-        f"export PATH={GUEST_PATH} SOCKETRACE_REQUIRE_KERNEL_TESTS=1 PYTHONDONTWRITEBYTECODE=1 "
-        f"SOCKETRACE_TEST_WAYS={guest.ways}; "
-    )
+    env = f"export PATH={GUEST_PATH} SOCKETRACE_REQUIRE_KERNEL_TESTS=1 PYTHONDONTWRITEBYTECODE=1 "
+    env += "SOCKETRACE_TEST_PROGRESS=1; "
     if guest.userland:
         assert wheel is not None
         install = f"{VENV}/bin/pip install -q --no-index --find-links {WHEELS} {wheel.relative_to(ROOT)} && "
@@ -78,8 +148,15 @@ def _command(guest: Guest, wheel: Path | None) -> str:
         install = ""
         pytest_run = ".venv/bin/pytest"
         version = ".venv/bin/socketrace --version"
-    selection = f"{guest.tests} -k {shlex.quote(guest.deselect)}"
-    return f"{env}{install}{version} && {pytest_run} -p no:cacheprovider -q -rs {selection}"
+    runs = []
+    for run in guest.runs:
+        selection = run.tests
+        selection += f" -k {shlex.quote(run.deselect)}" if run.deselect else ""
+        selection += f" -m {shlex.quote(run.markers)}" if run.markers else ""
+        runs.append(
+            f"SOCKETRACE_TEST_WAYS={run.ways} {pytest_run} -p no:cacheprovider -q -rs --durations=10 {selection}"
+        )
+    return f"{env}{install}{version} && " + " && ".join(runs)
 
 
 @pytest.fixture(scope="session")
@@ -97,12 +174,36 @@ def test_guest(guest: Guest, wheel: Path) -> None:
     qemu = ARCHES[kernel.arch].qemu
     require(shutil.which(qemu) is not None, f"{qemu} is not installed")
     root = prepare_userland(guest.userland) if guest.userland else Path("/")
-    result = run_in_vm(kernel, _command(guest, wheel), ROOT, timeout=2400, cpus=guest.cpus, root=root)
-    print(f"--- {guest.name}, {kernel.version}: {result.seconds:.0f} s\n{result.output}")
+    left = STARTED + BUDGET - time.time()
+    require(left > 60, f"the tier's budget ({BUDGET:.0f} s) is spent before this guest could start")
+    result = run_in_vm(kernel, _command(guest, wheel), ROOT, timeout=left, cpus=guest.cpus, root=root)
+    print(f"--- {guest.name}, {kernel.version}: {result.seconds:.0f} s\n{_without_progress(result.output)}")
+    if result.returncode < 0 and result.seconds >= left - 1:
+        pytest.fail(f"{guest.name}, {kernel.version}: {_out_of_time(result.output, left)}", pytrace=False)
     assert result.returncode == 0, f"{result.output[-8000:]}\n--- console ---\n{result.console[-3000:]}"
-    summary = re.search(r"(\d+) passed(.*) in [\d.]+s", result.output)
-    assert summary and "skipped" not in summary.group(2) and "failed" not in summary.group(2), result.output[-3000:]
-    _platform_row(guest, kernel.version, kernel.arch, result.output, int(summary.group(1)), result.seconds)
+    summaries = re.findall(r"(\d+) passed(.*) in [\d.]+s", result.output)
+    assert len(summaries) == len(guest.runs), result.output[-3000:]
+    assert not any("skipped" in rest or "failed" in rest for _, rest in summaries), result.output[-3000:]
+    passed = sum(int(count) for count, _ in summaries)
+    _platform_row(guest, kernel.version, kernel.arch, result.output, passed, result.seconds)
+
+
+def _without_progress(output: str) -> str:
+    """The guest's pytest output less its per-test progress lines."""
+    return "\n".join(line for line in output.splitlines() if not line.lstrip(".FEsx").startswith("progress: "))
+
+
+def _out_of_time(output: str, seconds: float) -> str:
+    """What a guest cut off by its deadline was doing: the test that was running, and what each took."""
+    started = [line.split(PROGRESS_START, 1)[1] for line in output.splitlines() if PROGRESS_START in line]
+    done = {match.group(3): (float(match.group(1)), match.group(2)) for match in PROGRESS_DONE.finditer(output)}
+    running = next((nodeid for nodeid in reversed(started) if nodeid not in done), "none (between tests)")
+    slowest = sorted(done.items(), key=lambda item: -item[1][0])[:15]
+    took = "\n".join(f"  {spent:7.1f} s {outcome:6} {nodeid}" for nodeid, (spent, outcome) in slowest)
+    return (
+        f"ran out of time after {seconds:.0f} s (the tier's budget) while running {running}; "
+        f"{len(done)} tests had ended, {sum(spent for spent, _ in done.values()):.0f} s in all; the slowest:\n{took}"
+    )
 
 
 def _platform_row(guest: Guest, version: str, arch: str, output: str, passed: int, seconds: float) -> None:
@@ -114,11 +215,11 @@ def _platform_row(guest: Guest, version: str, arch: str, output: str, passed: in
 
     python, bcc = field(r"^Python (\S+)"), field(r"^BCC (\S+)")
     offered = field(r"^backends: ([^;]+)").split(", ")
-    tested = [way for way in offered if not guest.ways or way in guest.ways.split(",")]
-    what = "the arm64 subset" if guest.tests == ARM64_SUBSET else "unit and kernel tiers"
+    asked = {way for run in guest.runs for way in (run.ways.split(",") if run.ways else offered)}
+    tested = [way for way in offered if way in asked]
     row = (
         f"| {guest.name} | {version} | {arch} | {python} | {bcc} | {offered[0]} | {', '.join(tested)} "
-        f"| {what}: {passed} passed in {seconds / 60:.0f} min |\n"
+        f"| {guest.what}: {passed} passed in {seconds / 60:.0f} min |\n"
     )
     out = ROOT / "build" / "platforms"
     out.mkdir(parents=True, exist_ok=True)
