@@ -70,7 +70,7 @@ kernel-test: venv dist wheel
 vm-test: venv dist wheel
 	rm -rf build/platforms
 	SOCKETRACE_VM_STARTED=$$(date +%s) $(BIN)/pytest -v -rs --durations=6 -n 2 tests/vm
-	@echo "platforms:" && cat build/platforms/*.md
+	@echo "platforms:" && cat build/platforms/*.md && echo "guest times:" && cat build/platforms/*.times
 
 # Side by side in one run: untraced, floors and socketrace, as ratios over rounds (README, Performance).
 bench: venv
