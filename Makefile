@@ -66,10 +66,11 @@ unit-test: venv
 kernel-test: venv dist wheel
 	$(BIN)/pytest -v -rs --durations=15 tests/kernel
 
-# The guests share a budget from the tier's start (tests/vm/test_guests.py: SOCKETRACE_VM_BUDGET).
+# The guests share a budget from the tier's start (tests/vm/test_guests.py: SOCKETRACE_VM_BUDGET);
+# one guest per worker at a time, in the list's order (longest first), so the two workers balance.
 vm-test: venv dist wheel
 	rm -rf build/platforms
-	SOCKETRACE_VM_STARTED=$$(date +%s) $(BIN)/pytest -v -rs --durations=6 -n 2 tests/vm
+	SOCKETRACE_VM_STARTED=$$(date +%s) $(BIN)/pytest -v -rs --durations=6 -n 2 --maxschedchunk 1 tests/vm
 	@echo "platforms:" && cat build/platforms/*.md && echo "guest times:" && cat build/platforms/*.times
 
 # Side by side in one run: untraced, floors and socketrace, as ratios over rounds (README, Performance).
