@@ -30,7 +30,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -76,16 +76,23 @@ def _kernel_ready() -> str | None:
 
 @cache
 def kernel_ways() -> tuple[str, ...]:
-    """The backends this kernel and BCC offer, best first (as socketrace chooses); SOCKETRACE_TEST_WAYS
-    (comma-separated) narrows them, for a subset run where time is short (emulated arm64)."""
+    """The backends this kernel and BCC offer, best first (as socketrace chooses), as narrowed."""
     if _kernel_ready() is not None:
         return ()
     from socketrace.attach import available_ways
     from socketrace.features import detect_features
 
-    ways = tuple(way.value for way in available_ways(detect_features()))
-    narrowed = os.environ.get("SOCKETRACE_TEST_WAYS", "")
-    return tuple(way for way in ways if way in narrowed.split(",")) if narrowed else ways
+    return narrowed(way.value for way in available_ways(detect_features()))
+
+
+def narrowed(ways: Iterable[str]) -> tuple[str, ...]:
+    """The backends of ``ways`` that SOCKETRACE_TEST_WAYS (comma-separated) names; all when it is unset.
+
+    A guest that shares its kernel or its userland with another runs only the
+    backends the other does not (tests/vm/test_guests.py says which).
+    """
+    wanted = os.environ.get("SOCKETRACE_TEST_WAYS", "")
+    return tuple(way for way in ways if not wanted or way in wanted.split(","))
 
 
 @cache
