@@ -225,6 +225,13 @@ BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
 BPF_PROG_ARRAY(handlers, 1);
 #endif
 
+/*
+ * MAPS_ONLY: the maps alone, for a run whose functions come from the compile
+ * cache (socketrace/compiled.py): BCC creates the maps from these declarations
+ * as always, and the cached instructions are loaded against them.
+ */
+#ifndef MAPS_ONLY
+
 /* ---- Field access -------------------------------------------------------- */
 
 /* Read a scalar field described by "offset,size,shift,bits" from kernel memory. */
@@ -1078,3 +1085,4 @@ int KPROBE_MULTI_RETURN_NAME(void *ctx)
 }
 #endif
 #endif
+#endif /* !MAPS_ONLY */

@@ -22,7 +22,7 @@ from typing import Any, Callable, TypeVar
 
 from . import __version__
 
-__all__ = ["cache_dir", "cached"]
+__all__ = ["cache_dir", "cached", "lookup", "store"]
 
 log = logging.getLogger("socketrace")
 
@@ -46,25 +46,57 @@ def cache_dir() -> Path | None:
     return Path(xdg) / "socketrace"
 
 
+def _path(directory: Path, kind: str, key: str) -> Path:
+    digest = hashlib.sha256(f"{SCHEMA}\0{__version__}\0{key}".encode()).hexdigest()[:32]
+    return directory / f"{kind}-{digest}.json"
+
+
+def lookup(kind: str, key: str, parse: Callable[[Any], T]) -> T | None:
+    """``parse`` of the value cached under ``kind``/``key``; None when absent or ``parse`` rejects it
+    (by raising TypeError, ValueError or KeyError)."""
+    directory = cache_dir()
+    if directory is None:
+        return None
+    try:
+        return parse(json.loads(_path(directory, kind, key).read_text()))
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+
+
+def store(kind: str, key: str, value: Any, keep: int = 0) -> None:
+    """Cache a JSON-serialisable value; with ``keep``, only that many of the kind's newest entries stay."""
+    directory = cache_dir()
+    if directory is None:
+        return
+    _store(directory, kind, _path(directory, kind, key), value)
+    if keep:
+        entries = sorted(directory.glob(f"{kind}-*.json"), key=_mtime, reverse=True)
+        for stale in entries[keep:]:
+            with contextlib.suppress(OSError):
+                stale.unlink()
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
 def cached(kind: str, key: str, build: Callable[[], Any], parse: Callable[[Any], T]) -> T:
     """``parse`` of ``build()``'s JSON-serialisable value, taken from the cache when ``kind``/``key``
     is there and ``parse`` accepts it (it raises TypeError, ValueError or KeyError otherwise)."""
-    directory = cache_dir()
-    if directory is None:
-        return parse(build())
-    digest = hashlib.sha256(f"{SCHEMA}\0{__version__}\0{key}".encode()).hexdigest()[:32]
-    path = directory / f"{kind}-{digest}.json"
-    try:
-        return parse(json.loads(path.read_text()))
-    except (OSError, ValueError, TypeError, KeyError):
-        pass
+    hit = lookup(kind, key, parse)
+    if hit is not None:
+        return hit
     value = build()
-    _store(directory, kind, path, value)
+    store(kind, key, value)
     return parse(value)
 
 
 def _store(directory: Path, kind: str, path: Path, value: Any) -> None:
-    """Write atomically (a reader never sees half a file); give up quietly when the disk says no."""
+    """Write atomically (a reader never sees half a file); give up quietly when the disk says no.
+    Interrupted (a signal during start-up), it leaves no temporary file behind."""
     tmp_path = None
     try:
         directory.mkdir(parents=True, exist_ok=True)
@@ -72,8 +104,11 @@ def _store(directory: Path, kind: str, path: Path, value: Any) -> None:
         with os.fdopen(fd, "w") as tmp:
             json.dump(value, tmp, separators=(",", ":"))
         os.replace(tmp_path, path)
+        tmp_path = None
+        log.debug("cached %s in %s", kind, path)
     except OSError as err:
         log.debug("cannot cache %s in %s: %s", kind, directory, err)
+    finally:
         if tmp_path is not None:
             with contextlib.suppress(OSError):
                 os.unlink(tmp_path)

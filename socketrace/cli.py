@@ -83,7 +83,75 @@ def _choice(enum: type) -> Parsed:
     return Parsed("choice", parse)
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+# --help in sections, by what an option is about; each visible option in exactly one (a unit test checks).
+HELP_SECTIONS = (
+    (
+        "Filters (in the kernel; all that are given must hold)",
+        (
+            "--filter",
+            "--filter-port",
+            "--filter-addr",
+            "--filter-protocol",
+            "--filter-pid",
+            "--filter-netns",
+            "--filter-mark",
+            "--filter-funcs",
+            "--filter-track-sock",
+            "--filter-errors",
+        ),
+    ),
+    (
+        "Output",
+        (
+            "--output-file",
+            "--output-json",
+            "--output-limit-lines",
+            "--output-sock-common",
+            "--output-sock-info",
+            "--output-socket-info",
+            "--output-stack",
+            "--output-return",
+            "--timestamp",
+        ),
+    ),
+    (
+        "Summary (counted in the kernel, printed on exit or every interval)",
+        ("--summary", "--summary-interval", "--summary-top"),
+    ),
+    (
+        "Probes and backend",
+        (
+            "--kprobe-way",
+            "--kmods",
+            "--all-kmods",
+            "--skb-tracepoints",
+            "--kernel-btf",
+            "--list-funcs",
+            "--wait-detach",
+        ),
+    ),
+    ("General", ("--ready-file", "--debug", "--version", "-h")),
+)
+
+
+class SectionedCommand(click.Command):
+    """A command whose --help lists its options in HELP_SECTIONS instead of one flat list."""
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        records = {}
+        for param in self.get_params(ctx):
+            record = param.get_help_record(ctx)
+            if record is not None:
+                records[param.opts[0]] = record
+        for title, names in HELP_SECTIONS:
+            with formatter.section(title):
+                formatter.write_dl([records.pop(name) for name in names if name in records])
+        if records:  # an option added without a section still shows
+            with formatter.section("Other options"):
+                formatter.write_dl(list(records.values()))
+
+
+@click.command(cls=SectionedCommand, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--filter-pid", "pid", type=click.IntRange(1, 0x3FFFFFFF), help="Process id (thread group id).")
 @click.option(
     "--filter-netns",

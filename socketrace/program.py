@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import bpfsys, contract
+from . import bpfsys, compiled, contract
 from .contract import kprobe_entry_name, rawtp_entry_name
 from .discovery import SOCK_FREE_FUNCTION, Discovery, FieldLocation, Probe, sock_common_fields
 from .features import Features
@@ -301,32 +301,59 @@ def compile_program(plan: ProgramPlan) -> BPF:
     The stand-in headers are used even where real headers exist: the program
     needs no kernel definitions, and headers of another kernel would only slow
     the compile down. Loading here, not at attach time, puts every verifier
-    rejection in one place, with its reason.
+    rejection in one place, with its reason. A program compiled before with the
+    same source, macros, BCC and kernel comes from the compile cache
+    (:mod:`socketrace.compiled`); what is compiled is cached for the next run.
     """
     try:
-        from bcc import BPF  # imported only by the stages that need the kernel
+        from bcc import BPF  # noqa: F401  imported only by the stages that need the kernel
     except ImportError:
         raise ProgramError(
             "BCC's Python module is not importable: install python3-bpfcc (and see README, Installing)"
         ) from None
 
+    loads = (*plan.entries, *([plan.shared_handler] if plan.shared_handler else []))
     started = time.monotonic()
     with _source_tree() as tree:
         os.environ["BCC_KERNEL_SOURCE"] = str(tree)
-        with captured_stderr() as printed:
+        key = compiled.cache_key(tree, plan.cflags)
+        functions = compiled.lookup(key)
+        if functions is not None:
+            bpf = _compile(tree, [*plan.cflags, f"-D{compiled.MAPS_ONLY}=1"])
             try:
-                bpf = BPF(src_file=str(tree / SOURCE_NAME).encode(), cflags=[*plan.cflags, f"-I{tree}"])
-                failed = False
-            except Exception:  # BCC raises bare Exception; the reason is in what clang printed
-                failed = True
-        if failed:
-            raise ProgramError(f"the BPF program failed to compile: {_first_error(printed[0])}", printed[0])
+                compiled.load_cached(bpf, loads, functions)
+            except (KeyError, OSError) as err:  # another program under the key, or the kernel refused it
+                log.debug("the compile cache does not fit (%s): compiling", err)
+                bpf.cleanup()
+            else:
+                log.debug(
+                    "maps compiled and %d functions loaded from the compile cache in %.2f s",
+                    len(loads),
+                    time.monotonic() - started,
+                )
+                return bpf
+        bpf = _compile(tree, plan.cflags)
     log.debug("compiled in %.2f s", time.monotonic() - started)
     started = time.monotonic()
-    for entry in (*plan.entries, *([plan.shared_handler] if plan.shared_handler else [])):
+    for entry in loads:
         load_function(bpf, entry)
-    log.debug("loaded %d functions in %.2f s", len(plan.entries), time.monotonic() - started)
+    log.debug("loaded %d functions in %.2f s", len(loads), time.monotonic() - started)
+    functions = compiled.capture(bpf, [entry.name for entry in loads])
+    if functions is not None:
+        compiled.store(key, functions)
     return bpf
+
+
+def _compile(tree: Path, cflags: list[str]) -> BPF:
+    """BCC's compile of the source tree with these flags; a failure is a ProgramError with clang's reason."""
+    from bcc import BPF
+
+    with captured_stderr() as printed:
+        try:
+            return BPF(src_file=str(tree / SOURCE_NAME).encode(), cflags=[*cflags, f"-I{tree}"])
+        except Exception:  # BCC raises bare Exception; the reason is in what clang printed
+            pass
+    raise ProgramError(f"the BPF program failed to compile: {_first_error(printed[0])}", printed[0])
 
 
 def load_function(bpf: BPF, entry: Entry) -> int:

@@ -19,6 +19,7 @@ would-be skip into a failure.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -36,6 +37,12 @@ from functools import cache
 from pathlib import Path
 
 import pytest
+
+from socketrace.cli import build_options, command
+from socketrace.discovery import discover
+from socketrace.features import detect_features
+from socketrace.options import AttachWay
+from socketrace.program import ProgramPlan, plan_program
 
 from ..conftest import require, require_tool
 
@@ -93,6 +100,24 @@ def narrowed(ways: Iterable[str]) -> tuple[str, ...]:
     """
     wanted = os.environ.get("SOCKETRACE_TEST_WAYS", "")
     return tuple(way for way in ways if not wanted or way in wanted.split(","))
+
+
+def program_plan(way: str, args: list[str]) -> ProgramPlan:
+    """The program socketrace would build for these flags on this backend, as if the kernel could
+    attach it (a kernel may load kprobe programs it cannot attach: this project's development kernel)."""
+    flags = dict(command.make_context("socketrace", ["--kprobe-way", way, *args]).params)
+    for cli_only in ("debug", "version"):
+        flags.pop(cli_only)
+    if way != "tracepoint":
+        flags["filter_funcs"] = re.compile(KPROBE_SET)
+    options = build_options(flags)
+    kernel = dataclasses.replace(
+        detect_features(), kprobes=True, kprobe_multi=way == "kprobe-multi", bcc_kprobe_multi=True
+    )
+    kprobes = way != "tracepoint"
+    discovery = discover(options, with_functions=kprobes, with_registers=kprobes)
+    # Any address does for classic kprobes' --filter-track-sock: the verifier does not look at it.
+    return plan_program(options, discovery, AttachWay(way), kernel, sock_free_ip=0xFFFFFFFF81000000)
 
 
 @cache

@@ -12,18 +12,12 @@ project's development kernel), so the backends here are the verifiable ones
 
 from __future__ import annotations
 
-import dataclasses
-import re
-
 import pytest
 
-from socketrace.cli import build_options, command
-from socketrace.discovery import discover
-from socketrace.features import detect_features, verifiable_kinds
-from socketrace.options import AttachWay
-from socketrace.program import compile_program, plan_program
+from socketrace.features import verifiable_kinds
+from socketrace.program import compile_program
 
-from .conftest import KPROBE_SET, kernel_ways, narrowed
+from .conftest import kernel_ways, narrowed, program_plan
 
 ALL_FILTERS = ["--filter-pid", "1", "--filter-netns", "4026531840", "--filter-mark", "7", "--filter-protocol", "tcp"]
 ALL_FILTERS += ["--filter-port", "22", "--filter-addr", "10.0.0.1"]
@@ -85,21 +79,9 @@ def _cases() -> list[tuple[str, str, list[str]]]:
 
 
 @pytest.mark.parametrize(("way", "name", "args"), _cases(), ids=[f"{way}-{name}" for way, name, _ in _cases()])
-def test_program_loads(way: str, name: str, args: list[str]) -> None:
-    flags = dict(command.make_context("socketrace", ["--kprobe-way", way, *args]).params)
-    for cli_only in ("debug", "version"):
-        flags.pop(cli_only)
-    if way != "tracepoint":
-        flags["filter_funcs"] = re.compile(KPROBE_SET)
-    options = build_options(flags)
-    # As if the kernel could attach this backend: loading is what is tested.
-    kernel = dataclasses.replace(
-        detect_features(), kprobes=True, kprobe_multi=way == "kprobe-multi", bcc_kprobe_multi=True
-    )
-    kprobes = way != "tracepoint"
-    discovery = discover(options, with_functions=kprobes, with_registers=kprobes)
-    # Any address does for classic kprobes' --filter-track-sock: the verifier does not look at it.
-    plan = plan_program(options, discovery, AttachWay(way), kernel, sock_free_ip=0xFFFFFFFF81000000)
+def test_program_loads(way: str, name: str, args: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SOCKETRACE_CACHE_DIR", "off")  # BCC compiles every case: the compiler of record
+    plan = program_plan(way, args)
     bpf = compile_program(plan)  # compiles, then loads every entry: the verifier's verdict
     try:
         assert set(bpf.funcs) >= {entry.name.encode() for entry in plan.entries}

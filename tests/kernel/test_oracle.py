@@ -277,3 +277,30 @@ def test_sshd_connection_from_syn_to_close(trace, backend: Backend, tmp_path: Pa
     assert client_sends and server_sends, mine
     if backend.sees_in_sender("tcp"):
         assert {e["pid"] for e in client_sends} == {client.pid}, client_sends
+
+
+@pytest.mark.backends(best_only=True)
+def test_a_filter_leaves_out_the_ssh_session_and_nothing_else(trace, backend: Backend, tmp_path: Path) -> None:
+    """`--filter 'not sport = :P and not dport = :P'` beside a real sshd on P, as a user excludes the
+    session they type in: none of the session's events is printed (either end, from SYN to close),
+    while other TCP traffic (netcat on another port, during the session) still is."""
+    port, other = free_port(), free_port()
+    tracer = trace(*backend.args(), "--filter", f"not sport = :{port} and not dport = :{port}", "--output-json")
+    sshd = Sshd(tmp_path, port)
+    try:
+        client = sshd.client("echo oracle")
+        netcat = Netcat("tcp", other)
+        try:
+            netcat.exchange()
+        finally:
+            netcat.close()
+        out, err = client.communicate(timeout=bound())
+    finally:
+        sshd.stop()
+    assert client.returncode == 0 and out == "oracle\n", f"{err}\n{sshd.log.read_text()}"
+    events = json_events(tracer.stop())
+    session = [e for e in events if port in (e["sport"], e["dport"])]
+    others = [e for e in events if other in (e["sport"], e["dport"])]
+    print(f"socketrace: {len(events)} events, {len(session)} of the ssh session, {len(others)} of netcat")
+    assert not session, session[:5]
+    assert {e["sport"] for e in others} >= {other} and {e["dport"] for e in others} >= {other}, others[:10]

@@ -179,6 +179,7 @@ def test_bpf_prog_info_offsets_are_this_kernels() -> None:
     btf = load_btf_file(VMLINUX_BTF)
     for field, offset in (
         ("id", bpfsys.PROG_INFO_ID),
+        ("tag", bpfsys.PROG_INFO_TAG),
         ("run_time_ns", bpfsys.PROG_INFO_RUN_TIME_NS),
         ("run_cnt", bpfsys.PROG_INFO_RUN_CNT),
         ("recursion_misses", bpfsys.PROG_INFO_RECURSION_MISSES),

@@ -8,9 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import click
 import pytest
+from click.testing import CliRunner
 
-from socketrace.cli import main
+from socketrace.cli import HELP_SECTIONS, command, main
 from socketrace.options import Filters, OptionError, parse_addr, parse_netns, parse_protocol, parse_regex
 
 
@@ -181,3 +183,13 @@ def test_ports_ranges_and_networks_become_tree_nodes() -> None:
     network = _filters("--filter-addr", "10.1.2.3/8")
     assert network.addr is None
     assert network.expr == Or(tuple(AddrTest(end, 2, 10 << 24, 8) for end in ("src", "dst")))
+
+
+def test_help_lists_every_option_once_in_its_section() -> None:
+    shown = [param.opts[0] for param in command.params if isinstance(param, click.Option) and not param.hidden] + ["-h"]
+    sectioned = [name for _, names in HELP_SECTIONS for name in names]
+    assert sorted(sectioned) == sorted(shown)  # each in one section; none forgotten, none stale
+    text = CliRunner().invoke(command, ["--help"]).output
+    titles = [title for title, _ in HELP_SECTIONS]
+    assert [line[:-1] for line in text.splitlines() if line[:-1] in titles] == titles
+    assert "Other options" not in text

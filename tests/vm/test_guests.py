@@ -6,10 +6,10 @@ tier on kprobe-multi and on 6.1 the kernel tier on classic kprobes and tracing
 on raw tracepoints, both without the tests marked ``userland`` (this machine
 ran them in the same userland); Debian 11's userland (Python 3.9, BCC 0.18) on
 5.10 and Debian 13's (Python 3.13, BCC 0.31) on 6.12 the unit tier, tracing,
-stops and the verifier matrix, on classic kprobes (without bpf_get_func_ip)
-and kprobe-multi; Debian 12 arm64 on 6.12 (classic kprobes) and 6.18
-(kprobe-multi) tracing and the matrix, since arm64 is emulated instruction by
-instruction. Each guest's matrix verifies its own backend's programs; raw
+stops, the verifier matrix and the compile cache, on classic kprobes (without
+bpf_get_func_ip) and kprobe-multi; Debian 12 arm64 on 6.12 (classic kprobes)
+and 6.18 (kprobe-multi) tracing, the matrix and the compile cache, since arm64
+is emulated instruction by instruction. Each guest's matrix verifies its own backend's programs; raw
 tracepoint programs are verified on this machine. The ss differential test of
 --filter runs on this machine only. The ten signals spread over start-up run
 once per backend: raw tracepoints on this machine, classic kprobes on 6.1,
@@ -46,13 +46,14 @@ pytestmark = pytest.mark.vm
 ROOT = Path(__file__).parents[2]
 GUEST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # Emulated arm64 is slow: the end-to-end tests of the kprobe backends on their function subset, and the matrix.
-ARM64_SUBSET = "tests/kernel/test_trace.py tests/kernel/test_matrix.py"
+ARM64_SUBSET = "tests/kernel/test_trace.py tests/kernel/test_matrix.py tests/kernel/test_program_cache.py"
 KERNEL_TIER = "tests/kernel --ignore=tests/kernel/test_install.py"
 EVERYTHING = f"tests/unit {KERNEL_TIER}"
 TRACE = "tests/kernel/test_trace.py"  # attach, names and in-kernel filters of a backend
-# What a new Python and BCC can change on a kernel another guest covers: attach, trace, stop, verify.
+# What a new Python and BCC can change on a kernel another guest covers: attach, trace, stop, verify, the
+# compile cache (it reads BCC's output).
 LIFECYCLE = "tests/kernel/test_lifecycle.py"  # stops: signals, pipes, errors
-NEW_USERLAND = f"tests/unit {TRACE} {LIFECYCLE} tests/kernel/test_matrix.py"
+NEW_USERLAND = f"tests/unit {TRACE} {LIFECYCLE} tests/kernel/test_matrix.py tests/kernel/test_program_cache.py"
 SPREAD = "spread_offsets"  # the ten signals over start-up: once per backend, where the guest says
 KERNEL_ONLY = "not userland"  # a -m expression: leave out what this machine's own userland ran
 # The differential test against ss (hundreds of expressions, ~6 min in a guest) runs on this machine only:
