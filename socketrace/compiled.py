@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
     from .program import Entry
 
-__all__ = ["MAPS_ONLY", "CachedFunction", "cache_key", "capture", "load_cached", "lookup", "store"]
+__all__ = ["MAPS_ONLY", "CachedFunction", "cache_key", "capture", "load_cached", "lookup", "store", "table_fds"]
 
 log = logging.getLogger("socketrace")
 
@@ -94,7 +94,7 @@ def _map_loads(code: bytes, map_names: dict[int, str]) -> tuple[tuple[int, str],
     return tuple(loads)
 
 
-def _table_fds(bpf: BPF) -> dict[int, str]:
+def table_fds(bpf: BPF) -> dict[int, str]:
     """The fd of every map BCC created for the program, with its name."""
     from bcc.libbcc import lib
 
@@ -109,7 +109,7 @@ def capture(bpf: BPF, names: Iterable[str]) -> dict[str, CachedFunction] | None:
     """The named functions of a fully compiled program, ready to cache; None if one cannot be."""
     if sys.byteorder != "little":
         return None
-    map_names = _table_fds(bpf)
+    map_names = table_fds(bpf)
     functions = {}
     for name in names:
         code = bpf.dump_func(name.encode())
@@ -159,7 +159,7 @@ def load_cached(bpf: BPF, entries: Iterable[Entry], functions: dict[str, CachedF
     from bcc import BPF
     from bcc.libbcc import lib
 
-    fds = {name: fd for fd, name in _table_fds(bpf).items()}
+    fds = {name: fd for fd, name in table_fds(bpf).items()}
     license_name = lib.bpf_module_license(bpf.module)
     kern_version = lib.bpf_module_kern_version(bpf.module)
     for entry in entries:

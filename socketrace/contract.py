@@ -33,6 +33,7 @@ __all__ = [
     "ArgKind",
     "Counter",
     "Event",
+    "MapName",
     "ReturnKind",
     "contract_macros",
     "kprobe_entry_name",
@@ -58,6 +59,28 @@ IP_TOLERANCE = 16
 # control[0]: events flow only while it says TRACING (set once attached, cleared at stop).
 CONTROL_STOPPED = 0
 CONTROL_TRACING = 1
+
+
+class MapName:
+    """The program's maps, by the names bpf/socketrace.c declares them with (BCC's macros take the
+    name as an identifier, so the C spells them itself: test_program_cache.py checks the two agree)."""
+
+    CONTROL = "control"  # [0]: CONTROL_TRACING or CONTROL_STOPPED
+    CPU_STATES = "cpu_states"  # per CPU: nesting, pending sockets, the counters
+    EVENTS = "events"  # the ring buffer (or perf buffer) of records
+    SCRATCH = "scratch_space"  # per CPU and nesting level: a record being built
+    CALLS = "calls"  # --output-return: calls in flight
+    TRACKED = "tracked"  # --filter-track-sock: the sockets followed
+    HANDLERS = "handlers"  # the tail-call slot of the shared handler
+    SUMMARY_COUNTS = "summary_counts"  # --summary: runs per probe
+    SUMMARY_LATENCY = "summary_latency"  # --summary --output-return: log2 latency per probe
+    SUMMARY_SOCKS = "summary_socks"
+    SUMMARY_TASKS = "summary_tasks"
+
+    @classmethod
+    def all(cls) -> frozenset[str]:
+        return frozenset(value for name, value in vars(cls).items() if name.isupper())
+
 
 # Entry points with fixed names; the per-probe ones are named by the functions below.
 ENTRY_KPROBE_MULTI = "kprobe_multi_entry"

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .contract import CONTROL_STOPPED, CONTROL_TRACING, EVENT_SIZE, Counter, Event
+from .contract import CONTROL_STOPPED, CONTROL_TRACING, EVENT_SIZE, Counter, Event, MapName
 
 if TYPE_CHECKING:
     from bcc import BPF
@@ -62,7 +62,9 @@ class EventReader:
         self._manager = None
         self.taken = 0  # records handed out: what the program sent, less what is still in the buffer
         if use_perf_buffer:
-            bpf[b"events"].open_perf_buffer(self._on_perf_record, page_cnt=PERF_BUFFER_PAGES, lost_cb=self._on_lost)
+            bpf[MapName.EVENTS.encode()].open_perf_buffer(
+                self._on_perf_record, page_cnt=PERF_BUFFER_PAGES, lost_cb=self._on_lost
+            )
         else:
             self._open_ring_buffer(bpf)
 
@@ -79,7 +81,7 @@ class EventReader:
 
         self._lib = lib
         self._callback = _RINGBUF_CB_TYPE(on_record)  # referenced as long as libbpf may call it
-        self._manager = lib.bpf_new_ringbuf(bpf[b"events"].map_fd, self._callback, None)
+        self._manager = lib.bpf_new_ringbuf(bpf[MapName.EVENTS.encode()].map_fd, self._callback, None)
         if not self._manager:
             raise OSError(ctypes.get_errno(), "cannot open the ring buffer")
 
@@ -132,12 +134,12 @@ class EventReader:
 
 def set_tracing(bpf: BPF, tracing: bool) -> None:
     """Let events flow (once everything is attached), or stop them (at the end)."""
-    bpf[b"control"][ctypes.c_int(0)] = ctypes.c_uint32(CONTROL_TRACING if tracing else CONTROL_STOPPED)
+    bpf[MapName.CONTROL.encode()][ctypes.c_int(0)] = ctypes.c_uint32(CONTROL_TRACING if tracing else CONTROL_STOPPED)
 
 
 def read_counters(bpf: BPF) -> dict[Counter, int]:
     """The program's counters, summed over CPUs."""
-    per_cpu = bpf[b"cpu_states"][ctypes.c_int(0)]
+    per_cpu = bpf[MapName.CPU_STATES.encode()][ctypes.c_int(0)]
     return {counter: sum(state.counters[counter] for state in per_cpu) for counter in Counter}
 
 
@@ -187,8 +189,8 @@ def _total(value: object) -> int:
 def read_summary(bpf: BPF, with_latency: bool) -> SummarySnapshot:
     """Read the --summary maps (cumulative counts; the LRU ones forget their least recent rows);
     ``with_latency`` (--output-return) the latencies too."""
-    counts = {key.value: _total(value) for key, value in bpf[b"summary_counts"].items()}
-    latency = {key.value: row for key, row in bpf[b"summary_latency"].items()} if with_latency else {}
+    counts = {key.value: _total(value) for key, value in bpf[MapName.SUMMARY_COUNTS.encode()].items()}
+    latency = {key.value: row for key, row in bpf[MapName.SUMMARY_LATENCY.encode()].items()} if with_latency else {}
     probes = {}
     for key, count in counts.items():
         if count:
@@ -206,10 +208,10 @@ def read_summary(bpf: BPF, with_latency: bool) -> SummarySnapshot:
             bytes(value.daddr),
             value.dport,
         )
-        for key, value in bpf[b"summary_socks"].items()
+        for key, value in bpf[MapName.SUMMARY_SOCKS.encode()].items()
     }
     tasks = {
         key.value: TaskCount(value.count, value.comm.decode(errors="replace"))
-        for key, value in bpf[b"summary_tasks"].items()
+        for key, value in bpf[MapName.SUMMARY_TASKS.encode()].items()
     }
     return SummarySnapshot(probes, socks, tasks)

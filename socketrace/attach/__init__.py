@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from .. import signals
 from ..bpfsys import ProgStats, prog_stats
+from ..contract import MapName
 from ..discovery import Probe
 from ..features import Features
 from ..options import AttachWay
@@ -88,7 +89,7 @@ class Attacher(ABC):
         self.report = AttachReport()
         if plan.shared_handler is not None:
             handler = bpf.funcs[plan.shared_handler.name.encode()]
-            bpf[b"handlers"][ctypes.c_int(0)] = ctypes.c_int(handler.fd)
+            bpf[MapName.HANDLERS.encode()][ctypes.c_int(0)] = ctypes.c_int(handler.fd)
 
     def attach(self) -> AttachReport:
         probes = self.plan.probes

@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 
 from socketrace import bpfsys
+from socketrace.compiled import table_fds
+from socketrace.contract import MapName
 from socketrace.features import verifiable_kinds
 from socketrace.program import ProgramPlan, compile_program
 
@@ -113,3 +115,26 @@ def test_a_low_memlock_limit_changes_neither_the_features_nor_the_program(cache_
     )
     assert limited.returncode == 0, limited.stderr
     assert limited.stdout == unlimited.stdout
+
+
+@pytest.mark.userland
+def test_the_maps_the_c_declares_are_the_contracts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The map names Python reads (contract.MapName) are the ones the C declares: BCC's own list of
+    the maps it created, over programs that between them declare every map."""
+    monkeypatch.setenv("SOCKETRACE_CACHE_DIR", "off")
+    ways = _ways()
+    configurations = [(ways[0], ["--filter-track-sock", "--summary"]), (ways[0], [])]
+    if "kprobe-multi" in ways:  # returns: calls in flight, and latency with --summary
+        configurations += [("kprobe-multi", ["--output-return"]), ("kprobe-multi", ["--output-return", "--summary"])]
+    declared: set[str] = set()
+    for way, args in configurations:
+        bpf = compile_program(program_plan(way, args))
+        try:
+            names = set(table_fds(bpf).values())
+        finally:
+            bpf.cleanup()
+        print(f"{way} {' '.join(args) or '(defaults)'}: {', '.join(sorted(names))}")
+        assert names <= MapName.all(), names - MapName.all()
+        declared |= names
+    if "kprobe-multi" in ways and ways[0] != "kprobe-multi":  # every kind of entry: every map
+        assert declared == MapName.all()
