@@ -7,6 +7,7 @@ measures every configuration in turn, so drift of the machine hits all alike:
   empty program       a program that returns at once, on the same functions and backend: the floor
   filter, no match    socketrace --filter-port 1: every probe runs and rejects its socket
   expression, no match  socketrace --filter with 16 terms (ports, prefixes, mark, state) matching nothing
+  port list, no match   socketrace with 10,000 --filter-port values (a hash set) matching nothing
   probes alone        the same, with the tracer stopped (SIGSTOP): the probes without the reader
   emitting            socketrace with no filter, every event written to a file
   summary             socketrace --summary with no filter: counted in the kernel
@@ -73,6 +74,9 @@ EXPRESSION_16 = " or ".join(
         "pid 1",
     )
 )
+
+# Ports 20,001-30,000 (the workload's are ephemeral ports the kernel picks from 32768 up): one hash set.
+TEN_THOUSAND_PORTS = [arg for port in range(20001, 30001) for arg in ("--filter-port", str(port))]
 
 
 def build_workload(work: Path) -> Path:
@@ -163,6 +167,11 @@ def measure(args: argparse.Namespace, work: Path, binary: Path) -> dict[str, Sam
         "  same, tracer stopped (probes alone)": ([*SOCKETRACE, *way_args, "--filter-port", "1"], True, False),
         "socketrace --filter, 16 terms matching nothing": (
             [*SOCKETRACE, *way_args, "--filter", EXPRESSION_16],
+            False,
+            False,
+        ),
+        "socketrace, 10,000 --filter-port values matching nothing": (
+            [*SOCKETRACE, *way_args, *TEN_THOUSAND_PORTS],
             False,
             False,
         ),

@@ -225,6 +225,21 @@ BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
 BPF_PROG_ARRAY(handlers, 1);
 #endif
 
+/* --filter's port sets (filter_expr.py: a long `or` of ports of one end), filled by
+ * program.py before attaching: PORT_SET_<n>_SIZE ports each, looked up by port_in_set_<n>(). */
+#ifdef PORT_SET_0_SIZE
+BPF_HASH(port_set_0, u16, u8, PORT_SET_0_SIZE);
+#endif
+#ifdef PORT_SET_1_SIZE
+BPF_HASH(port_set_1, u16, u8, PORT_SET_1_SIZE);
+#endif
+#ifdef PORT_SET_2_SIZE
+BPF_HASH(port_set_2, u16, u8, PORT_SET_2_SIZE);
+#endif
+#ifdef PORT_SET_3_SIZE
+BPF_HASH(port_set_3, u16, u8, PORT_SET_3_SIZE);
+#endif
+
 /*
  * MAPS_ONLY: the maps alone, for a run whose functions come from the compile
  * cache (socketrace/compiled.py): BCC creates the maps from these declarations
@@ -403,6 +418,20 @@ static __always_inline bool addr_matches(const void *sk, const u8 *head, u16 fam
 #define F_PROTOCOL ONCE(expr_protocol, PROTOCOL_OF(F_STATE, FIELD(sk, SK_PROTOCOL)))
 #define F_MARK ONCE(expr_mark, full_sock(F_STATE) ? (u32)FIELD(sk, SK_MARK) : 0)
 #define F_NETNS ONCE(expr_netns, (u32)FIELD((const void *)FIELD(sk, SK_NET), NET_NS_INUM))
+
+/* A port's membership of a port set: one hash lookup however long the list. */
+#ifdef PORT_SET_0_SIZE
+static __always_inline bool port_in_set_0(u16 port) { return port_set_0.lookup(&port) != 0; }
+#endif
+#ifdef PORT_SET_1_SIZE
+static __always_inline bool port_in_set_1(u16 port) { return port_set_1.lookup(&port) != 0; }
+#endif
+#ifdef PORT_SET_2_SIZE
+static __always_inline bool port_in_set_2(u16 port) { return port_set_2.lookup(&port) != 0; }
+#endif
+#ifdef PORT_SET_3_SIZE
+static __always_inline bool port_in_set_3(u16 port) { return port_set_3.lookup(&port) != 0; }
+#endif
 
 /* Word i (0-3) of a 16-byte field (an IPv6 address) as a u32 load: from the
  * head copy when it is within it (program.py sees to that), else read alone;

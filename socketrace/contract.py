@@ -76,10 +76,18 @@ class MapName:
     SUMMARY_LATENCY = "summary_latency"  # --summary --output-return: log2 latency per probe
     SUMMARY_SOCKS = "summary_socks"
     SUMMARY_TASKS = "summary_tasks"
+    PORT_SET_0 = "port_set_0"  # --filter's port sets (filter_expr.MAX_PORT_SETS of them)
+    PORT_SET_1 = "port_set_1"
+    PORT_SET_2 = "port_set_2"
+    PORT_SET_3 = "port_set_3"
 
     @classmethod
     def all(cls) -> frozenset[str]:
         return frozenset(value for name, value in vars(cls).items() if name.isupper())
+
+    @classmethod
+    def port_set(cls, index: int) -> str:
+        return getattr(cls, f"PORT_SET_{index}")
 
 
 # Entry points with fixed names; the per-probe ones are named by the functions below.

@@ -81,7 +81,7 @@ import sys
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Union
+from typing import Any, NamedTuple, Union, cast
 
 from .options import PROTOCOL_NUMBERS, U32_MAX, OptionError, parse_protocol
 from .symbols import AF_INET, AF_INET6, AF_NETLINK, AF_PACKET, AF_UNIX, family_name, protocol_name, tcp_state_name
@@ -107,12 +107,18 @@ __all__ = [
     "accessors_used",
     "evaluate",
     "parse_filter",
+    "port_sets",
     "to_c",
     "to_text",
 ]
 
 MAX_DEPTH = 32  # levels of parentheses and `not`
 MAX_TERMS = 1024
+# An `or` of this many equal-port tests of one end or more becomes one hash-set lookup in the kernel;
+# the program declares MAX_PORT_SETS sets (port_set_0..3 in bpf/socketrace.c), each of up to PORT_SET_MAX.
+PORT_SET_MIN = 16
+MAX_PORT_SETS = 4
+PORT_SET_MAX = 65536
 
 # What the C expression reads, each defined by the BPF program, with its cost rank (the order in
 # which an `and` or `or` tests them) and what it is. Ports are in host order; addresses are u32
@@ -734,25 +740,37 @@ class _C(NamedTuple):
 
 
 def to_c(tree: Node, byteorder: str = sys.byteorder) -> str:
-    """One C expression over ACCESSORS, true when the sock passes; ``byteorder`` is the BPF target's."""
-    return _compile(tree, False, byteorder).text
+    """One C expression over ACCESSORS, true when the sock passes; ``byteorder`` is the BPF target's.
+    Its ``port_in_set_N()`` calls look ports up in the sets port_sets(tree) returns."""
+    return _compile(tree, False, byteorder, []).text
 
 
 def accessors_used(tree: Node) -> frozenset[str]:
     """The ACCESSORS names to_c(tree) reads, so the program reads only those fields."""
-    return _compile(tree, False, sys.byteorder).reads
+    return _compile(tree, False, sys.byteorder, []).reads
 
 
-def _compile(tree: Node, inet_known: bool, byteorder: str) -> _C:
-    """``inet_known``: an enclosing `and` has already tested that the family is AF_INET or AF_INET6."""
+def port_sets(tree: Node) -> tuple[frozenset[int], ...]:
+    """The port sets to_c(tree) looks up, by index: the program's hash maps port_set_N hold them."""
+    sets: list[frozenset[int]] = []
+    _compile(tree, False, sys.byteorder, sets)
+    return tuple(sets)
+
+
+def _compile(tree: Node, inet_known: bool, byteorder: str, sets: list[frozenset[int]]) -> _C:
+    """``inet_known``: an enclosing `and` has already tested that the family is AF_INET or AF_INET6;
+    ``sets`` collects the port sets the expression looks up (the same set once, whatever its uses)."""
     if isinstance(tree, Not):
-        item = _compile(tree.item, inet_known, byteorder)
+        item = _compile(tree.item, inet_known, byteorder, sets)
         return _C(f"!{item.text}", item.reads)
+    if isinstance(tree, Or):
+        tree = _with_port_sets(tree, sets)
     if isinstance(tree, (And, Or)):
         # The family test, once: before an `and` where any item needs it, around an `or` where all do.
         needs = [_needs_inet(item) for item in tree.items]
         guard = not inet_known and (any(needs) if isinstance(tree, And) else all(needs))
-        items = sorted((_compile(item, inet_known or guard, byteorder) for item in tree.items), key=lambda c: c.cost)
+        compiled = (_compile(item, inet_known or guard, byteorder, sets) for item in tree.items)
+        items = sorted(compiled, key=lambda c: c.cost)
         operator = " && " if isinstance(tree, And) else " || "
         joined = _C(f"({operator.join(item.text for item in items)})", frozenset().union(*(i.reads for i in items)))
         return _C(f"({_INET[0]} && {joined.text})", joined.reads | _INET[1]) if guard else joined
@@ -762,12 +780,46 @@ def _compile(tree: Node, inet_known: bool, byteorder: str) -> _C:
     return leaf
 
 
+@dataclass(frozen=True)
+class _PortSetTest:
+    """Compiling only: ``end``'s port is in port set ``index`` (never parsed, never evaluated)."""
+
+    end: str
+    index: int
+
+
+def _with_port_sets(tree: Or, sets: list[frozenset[int]]) -> Or:
+    """An `or` of many equal-port tests of one end (``--filter-port`` repeated, or written out) tests
+    that end once in a hash set: one lookup however long the list, where comparisons would grow the
+    program past what the verifier takes. Up to MAX_PORT_SETS distinct sets; beyond, comparisons."""
+    ports: dict[str, list[int]] = {"src": [], "dst": []}
+    rest: list[Node] = []
+    for item in tree.items:
+        if isinstance(item, PortTest) and item.op == "==":
+            ports[item.end].append(item.port)
+        else:
+            rest.append(item)
+    lookups: list[Node] = []
+    for end, listed in ports.items():
+        wanted = frozenset(listed)
+        if len(wanted) >= PORT_SET_MIN and (wanted in sets or len(sets) < MAX_PORT_SETS):
+            if wanted not in sets:
+                sets.append(wanted)
+            lookups.append(cast(Node, _PortSetTest(end, sets.index(wanted))))
+        else:
+            rest.extend(PortTest(end, "==", port) for port in listed)
+    return Or((*lookups, *rest)) if lookups else tree
+
+
 def _needs_inet(tree: Node) -> bool:
     """Ports and protocols mean something only for AF_INET/AF_INET6 (addresses test their family themselves)."""
-    return isinstance(tree, (PortTest, ProtocolTest))
+    return isinstance(tree, (PortTest, _PortSetTest, ProtocolTest))
 
 
 def _leaf_c(leaf: Node, byteorder: str) -> _C:
+    if isinstance(leaf, _PortSetTest):
+        accessor = "F_SPORT" if leaf.end == "src" else "F_DPORT"
+        return _C(f"port_in_set_{leaf.index}({accessor})", frozenset({accessor}))
     if isinstance(leaf, PortTest):
         accessor = "F_SPORT" if leaf.end == "src" else "F_DPORT"
         return _C(f"({accessor} {leaf.op} {leaf.port})", frozenset({accessor}))

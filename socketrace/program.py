@@ -26,7 +26,7 @@ from . import bpfsys, compiled, contract
 from .contract import kprobe_entry_name, rawtp_entry_name
 from .discovery import SOCK_FREE_FUNCTION, Discovery, FieldLocation, Probe, sock_common_fields
 from .features import Features
-from .filter_expr import accessors_used, to_c
+from .filter_expr import accessors_used, port_sets, to_c
 from .options import AttachWay, Filters, Options
 
 if TYPE_CHECKING:
@@ -83,6 +83,7 @@ class ProgramPlan:
     macros: dict[str, str]
     entries: tuple[Entry, ...] = field(default=())
     shared_handler: Entry | None = None  # the tail-call target of the entries, if they use one
+    port_sets: tuple[frozenset[int], ...] = ()  # --filter's port sets, filled into port_set_N once loaded
 
     @property
     def cflags(self) -> list[str]:
@@ -121,7 +122,8 @@ def plan_program(
         macros["SUMMARY_PROBES"] = str(max(1, len(probes)))
     if empty_entries:
         macros["EMPTY_ENTRIES"] = "1"
-    return ProgramPlan(way, probes, macros, entries, handler)
+    sets = port_sets(options.filters.expr) if options.filters.expr is not None else ()
+    return ProgramPlan(way, probes, macros, entries, handler, sets)
 
 
 def macro_definitions(options: Options, fields: dict[str, FieldLocation], features: Features) -> dict[str, str]:
@@ -194,6 +196,8 @@ def _filter_macros(filters: Filters) -> dict[str, str]:
         macros["FILTER_EXPR"] = to_c(filters.expr, sys.byteorder)
         used = accessors_used(filters.expr)
         macros.update({f"HAVE_{name}": "1" for name in sorted(used)})
+        for index, ports in enumerate(port_sets(filters.expr)):
+            macros[f"PORT_SET_{index}_SIZE"] = str(len(ports))
         if used - {"F_PID", "F_NETNS"}:
             macros["FILTERS_READ_HEAD"] = "1"
     if filters.addr is not None:
@@ -331,7 +335,7 @@ def compile_program(plan: ProgramPlan) -> BPF:
                     len(loads),
                     time.monotonic() - started,
                 )
-                return bpf
+                return _filled(bpf, plan)
         bpf = _compile(tree, plan.cflags)
     log.debug("compiled in %.2f s", time.monotonic() - started)
     started = time.monotonic()
@@ -341,6 +345,15 @@ def compile_program(plan: ProgramPlan) -> BPF:
     functions = compiled.capture(bpf, [entry.name for entry in loads])
     if functions is not None:
         compiled.store(key, functions)
+    return _filled(bpf, plan)
+
+
+def _filled(bpf: BPF, plan: ProgramPlan) -> BPF:
+    """The program with its port sets filled: what the instructions look up, not part of them."""
+    for index, ports in enumerate(plan.port_sets):
+        table = bpf[contract.MapName.port_set(index).encode()]
+        for port in sorted(ports):
+            table[table.Key(port)] = table.Leaf(1)
     return bpf
 
 

@@ -102,6 +102,13 @@ def narrowed(ways: Iterable[str]) -> tuple[str, ...]:
     return tuple(way for way in ways if not wanted or way in wanted.split(","))
 
 
+# Four port sets (the most the program declares): `or`s of 16 ports of one end each.
+PORT_SETS_EXPRESSION = " and ".join(
+    "( " + " or ".join(f"{end} = :{base + i}" for i in range(16)) + " )"
+    for end, base in (("sport", 1000), ("dport", 2000), ("sport", 3000), ("dport", 4000))
+)
+
+
 def program_plan(way: str, args: list[str]) -> ProgramPlan:
     """The program socketrace would build for these flags on this backend, as if the kernel could
     attach it (a kernel may load kprobe programs it cannot attach: this project's development kernel)."""

@@ -49,6 +49,7 @@ from typing import Any
 
 from socketrace.filter_expr import (
     ALL_STATES,
+    PORT_SET_MIN,
     AddrTest,
     And,
     MarkTest,
@@ -59,6 +60,7 @@ from socketrace.filter_expr import (
     StateTest,
     evaluate,
     parse_filter,
+    port_sets,
     to_text,
 )
 from socketrace.symbols import AF_INET, AF_INET6
@@ -421,10 +423,18 @@ def _events(lines: list[str]) -> dict[int, list[dict[str, Any]]]:
     return by_inode
 
 
-def _kernel_subset(pid: int, netns_inode: int) -> list[str]:
-    """Expressions for the in-kernel evaluation: every kind of term, prefixes, states, not, and the
-    words ss lacks."""
+def _kernel_subset(pid: int, netns_inode: int, ports: set[int]) -> list[str]:
+    """Expressions for the in-kernel evaluation: every kind of term, prefixes, states, not, the
+    words ss lacks, and long lists of ports (a hash set in the kernel: half the zoo's local ports, and
+    as remote ports the other half, each padded with ports the zoo lacks to PORT_SET_MIN)."""
+    zoo_ports = sorted(ports - {0})
+    padding = [port for port in range(60000, 61000) if port not in ports][:PORT_SET_MIN]
+    half = len(zoo_ports) // 2
+    local = " or ".join(f"sport = :{port}" for port in [*zoo_ports[:half], *padding])
+    remote = " or ".join(f"dport = :{port}" for port in [*zoo_ports[half:], *padding])
     return [
+        f"{local} or {remote}",
+        f"not ( {local} )",
         "not ( sport = :22 or dport = :22 ) and state established",
         "src 127.0.0.0/8 or dst 10.0.0.0/8",
         "src 2001:db8::/64 or dst ::1/128 or src [::ffff:127.0.0.1]",
@@ -503,7 +513,8 @@ def _differential(trace, backend: Backend, netns: str, netns_inode: int, zoo: Zo
             verdicts.append((text, tree, {key for key in by_python if isinstance(key, int)}))
 
     # One tracer without --filter and the kernel subset's tracers, all poked by the same recv calls.
-    subset = _kernel_subset(zoo.info["pid"], netns_inode)
+    subset = _kernel_subset(zoo.info["pid"], netns_inode, {sock.fields["sport"] for sock in unfiltered})
+    assert len(port_sets(parse_filter(subset[0]))) == 2  # both lists are hash sets in the kernel
     common = [*backend.args(RECV_FUNCS if backend.is_kprobe else None), "--filter-netns", netns, "--output-json"]
     tracers = [trace(*common, ready=False)] + [trace(*common, "--filter", text, ready=False) for text in subset]
     for tracer in tracers:

@@ -17,7 +17,7 @@ import pytest
 from socketrace.features import verifiable_kinds
 from socketrace.program import compile_program
 
-from .conftest import kernel_ways, narrowed, program_plan
+from .conftest import PORT_SETS_EXPRESSION, kernel_ways, narrowed, program_plan
 
 ALL_FILTERS = ["--filter-pid", "1", "--filter-netns", "4026531840", "--filter-mark", "7", "--filter-protocol", "tcp"]
 ALL_FILTERS += ["--filter-port", "22", "--filter-addr", "10.0.0.1"]
@@ -41,6 +41,7 @@ LONG_EXPRESSION = " or ".join(
         "dst [2001:db8::1]:443 and src ::/96 and not ( fwmark = 0x2/0x2 or state fin-wait-1 or family unix )",
     )
 )
+TEN_THOUSAND_PORTS = [arg for port in range(1, 10001) for arg in ("--filter-port", str(port))]
 EXTRAS = ["--output-sock-info", "--output-socket-info", "--output-sock-common", "--output-stack"]
 EVERY_BACKEND = {
     "defaults": [],
@@ -51,6 +52,8 @@ EVERY_BACKEND = {
     "long-expression-filters-json": ["--filter", LONG_EXPRESSION, *ALL_FILTERS, "--output-json"],
     "long-expression-summary-track": ["--filter", LONG_EXPRESSION, "--summary", "--filter-track-sock"],
     "port-ranges-network": ["--filter-port", "22", "--filter-port", "1024-65535", "--filter-addr", "fe80::/10"],
+    "port-sets-json": ["--filter", PORT_SETS_EXPRESSION, "--output-json"],
+    "ten-thousand-ports-summary": [*TEN_THOUSAND_PORTS, "--summary"],
 }
 KPROBE_MULTI_ONLY = {
     "returns-filters-extras": ["--output-return", *ALL_FILTERS, *EXTRAS],

@@ -24,7 +24,7 @@ from socketrace.features import verifiable_kinds
 from socketrace.program import ProgramPlan, compile_program
 
 from ..conftest import require_tool
-from .conftest import COMMAND, kernel_ways, narrowed, pace, program_plan
+from .conftest import COMMAND, PORT_SETS_EXPRESSION, kernel_ways, narrowed, pace, program_plan
 
 FROM_CACHE = "from the compile cache"
 COMPILED = "compiled in"
@@ -123,7 +123,7 @@ def test_the_maps_the_c_declares_are_the_contracts(monkeypatch: pytest.MonkeyPat
     the maps it created, over programs that between them declare every map."""
     monkeypatch.setenv("SOCKETRACE_CACHE_DIR", "off")
     ways = _ways()
-    configurations = [(ways[0], ["--filter-track-sock", "--summary"]), (ways[0], [])]
+    configurations = [(ways[0], ["--filter-track-sock", "--summary"]), (ways[0], ["--filter", PORT_SETS_EXPRESSION])]
     if "kprobe-multi" in ways:  # returns: calls in flight, and latency with --summary
         configurations += [("kprobe-multi", ["--output-return"]), ("kprobe-multi", ["--output-return", "--summary"])]
     declared: set[str] = set()
@@ -133,7 +133,7 @@ def test_the_maps_the_c_declares_are_the_contracts(monkeypatch: pytest.MonkeyPat
             names = set(table_fds(bpf).values())
         finally:
             bpf.cleanup()
-        print(f"{way} {' '.join(args) or '(defaults)'}: {', '.join(sorted(names))}")
+        print(f"{way} {' '.join(args)[:60] or '(defaults)'}: {', '.join(sorted(names))}")
         assert names <= MapName.all(), names - MapName.all()
         declared |= names
     if "kprobe-multi" in ways and ways[0] != "kprobe-multi":  # every kind of entry: every map

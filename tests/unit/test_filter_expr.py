@@ -14,7 +14,9 @@ from socketrace.filter_expr import (
     ACCESSORS,
     ALL_STATES,
     MAX_DEPTH,
+    MAX_PORT_SETS,
     MAX_TERMS,
+    PORT_SET_MIN,
     AddrTest,
     And,
     FamilyTest,
@@ -31,6 +33,7 @@ from socketrace.filter_expr import (
     accessors_used,
     evaluate,
     parse_filter,
+    port_sets,
     to_c,
     to_text,
 )
@@ -485,3 +488,33 @@ def test_c_agrees_with_evaluate(byteorder: str) -> None:
         assert _c_says(tree, fields, rng, byteorder) is expected, (to_text(tree), fields)
         outcomes.append(expected)
     assert 0.1 < sum(outcomes) / len(outcomes) < 0.9  # both answers are exercised
+
+
+def _ports(end: str, ports: range) -> str:
+    return " or ".join(f"{end} = :{port}" for port in ports)
+
+
+def test_a_long_or_of_ports_is_one_set_lookup_per_end() -> None:
+    short = parse_filter(_ports("sport", range(1, PORT_SET_MIN)))
+    assert port_sets(short) == () and "port_in_set" not in to_c(short)
+    ports = range(100, 100 + PORT_SET_MIN)
+    both = parse_filter(f"{_ports('sport', ports)} or {_ports('dport', ports)} or src 10.0.0.0/8")
+    assert port_sets(both) == (frozenset(ports),)  # one set for both ends
+    text = to_c(both)
+    assert "port_in_set_0(F_SPORT)" in text and "port_in_set_0(F_DPORT)" in text and "F_SADDR4" in text
+    assert "== 100)" not in text  # no comparison left for the listed ports
+
+
+def test_sets_beyond_the_programs_maps_stay_comparisons() -> None:
+    groups = [range(base, base + PORT_SET_MIN) for base in range(1000, 1000 + 100 * (MAX_PORT_SETS + 1), 100)]
+    tree = parse_filter(" and ".join(f"( {_ports('sport', group)} )" for group in groups))
+    assert port_sets(tree) == tuple(frozenset(group) for group in groups[:MAX_PORT_SETS])
+    assert f"(F_SPORT == {groups[-1][0]})" in to_c(tree)
+
+
+def test_sets_change_nothing_the_evaluator_decides() -> None:
+    ports = range(2000, 2000 + PORT_SET_MIN)
+    tree = parse_filter(f"not ( {_ports('dport', ports)} )")
+    assert port_sets(tree) == (frozenset(ports),)
+    base = {"family": "AF_INET", "sport": 1, "saddr": "127.0.0.1", "daddr": "127.0.0.1"}
+    assert not evaluate(tree, {**base, "dport": 2005}) and evaluate(tree, {**base, "dport": 3000})
