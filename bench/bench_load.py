@@ -8,6 +8,7 @@ measures every configuration in turn, so drift of the machine hits all alike:
   filter, no match    socketrace --filter-port 1: every probe runs and rejects its socket
   expression, no match  socketrace --filter with 16 terms (ports, prefixes, mark, state) matching nothing
   port list, no match   socketrace with 10,000 --filter-port values (a hash set) matching nothing
+  prefix list, no match socketrace with 10,000 --filter-addr prefixes (an LPM trie) matching nothing
   probes alone        the same, with the tracer stopped (SIGSTOP): the probes without the reader
   emitting            socketrace with no filter, every event written to a file
   summary             socketrace --summary with no filter: counted in the kernel
@@ -77,6 +78,8 @@ EXPRESSION_16 = " or ".join(
 
 # Ports 20,001-30,000 (the workload's are ephemeral ports the kernel picks from 32768 up): one hash set.
 TEN_THOUSAND_PORTS = [arg for port in range(20001, 30001) for arg in ("--filter-port", str(port))]
+# 10,000 /24 networks in 10.0.0.0/8 (the workload runs on 127.0.0.1): one LPM trie per end.
+TEN_THOUSAND_PREFIXES = [arg for i in range(10000) for arg in ("--filter-addr", f"10.{i // 100}.{i % 100}.0/24")]
 
 
 def build_workload(work: Path) -> Path:
@@ -172,6 +175,11 @@ def measure(args: argparse.Namespace, work: Path, binary: Path) -> dict[str, Sam
         ),
         "socketrace, 10,000 --filter-port values matching nothing": (
             [*SOCKETRACE, *way_args, *TEN_THOUSAND_PORTS],
+            False,
+            False,
+        ),
+        "socketrace, 10,000 --filter-addr prefixes matching nothing": (
+            [*SOCKETRACE, *way_args, *TEN_THOUSAND_PREFIXES],
             False,
             False,
         ),

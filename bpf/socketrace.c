@@ -239,6 +239,28 @@ BPF_HASH(port_set_2, u16, u8, PORT_SET_2_SIZE);
 #ifdef PORT_SET_3_SIZE
 BPF_HASH(port_set_3, u16, u8, PORT_SET_3_SIZE);
 #endif
+/* --filter's prefix sets (a long `or` of prefixes of one end and family): longest-prefix-match
+ * tries keyed by the address's network-order bytes, as the u32 loads of the head copy hold them. */
+struct prefix4_key {
+	u32 prefixlen;
+	u32 addr;
+};
+struct prefix6_key {
+	u32 prefixlen;
+	u32 addr[4];
+};
+#ifdef PREFIX4_SET_0_SIZE
+BPF_LPM_TRIE(prefix4_set_0, struct prefix4_key, u8, PREFIX4_SET_0_SIZE);
+#endif
+#ifdef PREFIX4_SET_1_SIZE
+BPF_LPM_TRIE(prefix4_set_1, struct prefix4_key, u8, PREFIX4_SET_1_SIZE);
+#endif
+#ifdef PREFIX6_SET_0_SIZE
+BPF_LPM_TRIE(prefix6_set_0, struct prefix6_key, u8, PREFIX6_SET_0_SIZE);
+#endif
+#ifdef PREFIX6_SET_1_SIZE
+BPF_LPM_TRIE(prefix6_set_1, struct prefix6_key, u8, PREFIX6_SET_1_SIZE);
+#endif
 
 /*
  * MAPS_ONLY: the maps alone, for a run whose functions come from the compile
@@ -431,6 +453,39 @@ static __always_inline bool port_in_set_2(u16 port) { return port_set_2.lookup(&
 #endif
 #ifdef PORT_SET_3_SIZE
 static __always_inline bool port_in_set_3(u16 port) { return port_set_3.lookup(&port) != 0; }
+#endif
+/* An address's membership of a prefix set: one trie lookup (the longest prefix wins; any will do). */
+#ifdef PREFIX4_SET_0_SIZE
+static __always_inline bool in_prefix4_set_0(u32 addr)
+{
+	struct prefix4_key key = {.prefixlen = 32, .addr = addr};
+
+	return prefix4_set_0.lookup(&key) != 0;
+}
+#endif
+#ifdef PREFIX4_SET_1_SIZE
+static __always_inline bool in_prefix4_set_1(u32 addr)
+{
+	struct prefix4_key key = {.prefixlen = 32, .addr = addr};
+
+	return prefix4_set_1.lookup(&key) != 0;
+}
+#endif
+#ifdef PREFIX6_SET_0_SIZE
+static __always_inline bool in_prefix6_set_0(u32 w0, u32 w1, u32 w2, u32 w3)
+{
+	struct prefix6_key key = {.prefixlen = 128, .addr = {w0, w1, w2, w3}};
+
+	return prefix6_set_0.lookup(&key) != 0;
+}
+#endif
+#ifdef PREFIX6_SET_1_SIZE
+static __always_inline bool in_prefix6_set_1(u32 w0, u32 w1, u32 w2, u32 w3)
+{
+	struct prefix6_key key = {.prefixlen = 128, .addr = {w0, w1, w2, w3}};
+
+	return prefix6_set_1.lookup(&key) != 0;
+}
 #endif
 
 /* Word i (0-3) of a 16-byte field (an IPv6 address) as a u32 load: from the

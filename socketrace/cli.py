@@ -172,8 +172,9 @@ class SectionedCommand(click.Command):
     "--filter-addr",
     "addr",
     type=Parsed("addr", parse_host),
+    multiple=True,
     metavar="ADDR[/PREFIX]",
-    help="Local or remote IPv4 or IPv6 address or network.",
+    help="Local or remote IPv4 or IPv6 address or network; repeated: any of them.",
 )
 @click.option(
     "--filter-port",
@@ -297,8 +298,8 @@ def build_options(flags: dict[str, Any]) -> Options:
 
 
 def _flags_to_tree(flags: dict[str, Any]) -> None:
-    """Several --filter-port values, a port range, or an --filter-addr network: nodes of the --filter tree,
-    `and`ed with it. One port or one address keeps its own fast macro (FILTER_PORT, FILTER_ADDR*)."""
+    """Several --filter-port values, a port range, several --filter-addr values or a network: nodes of the
+    --filter tree, `and`ed with it. One port or one address keeps its own fast macro (FILTER_PORT, FILTER_ADDR*)."""
     nodes: list[Node] = []
     ports = flags.get("port")
     if isinstance(ports, int):
@@ -308,15 +309,24 @@ def _flags_to_tree(flags: dict[str, Any]) -> None:
         flags["port"] = ranges[0][0] if len(ranges) == 1 and ranges[0][0] == ranges[0][1] else None
         if ranges and flags["port"] is None:
             nodes.append(Or(tuple(_port_range(end, low, high) for low, high in ranges for end in ("src", "dst"))))
-    addr = flags.get("addr")
-    if isinstance(addr, (ipaddress.IPv4Network, ipaddress.IPv6Network)):
-        family = AF_INET if addr.version == 4 else AF_INET6
-        network = int(addr.network_address)
-        nodes.append(Or(tuple(AddrTest(end, family, network, addr.prefixlen) for end in ("src", "dst"))))
-        flags["addr"] = None
+    addrs = flags.get("addr")
+    if addrs is not None and not isinstance(addrs, tuple):
+        addrs = (addrs,)
+    if addrs is not None:
+        unique = tuple(dict.fromkeys(addrs))
+        plain = len(unique) == 1 and isinstance(unique[0], (ipaddress.IPv4Address, ipaddress.IPv6Address))
+        flags["addr"] = unique[0] if plain else None
+        if unique and not plain:
+            networks = [ipaddress.ip_network(addr) for addr in unique]
+            nodes.append(Or(tuple(_addr_test(end, network) for network in networks for end in ("src", "dst"))))
     if nodes:
         expr = flags.get("expr")
         flags["expr"] = nodes[0] if len(nodes) == 1 and expr is None else And((*nodes, *([expr] if expr else [])))
+
+
+def _addr_test(end: str, network: ipaddress.IPv4Network | ipaddress.IPv6Network) -> Node:
+    family = AF_INET if network.version == 4 else AF_INET6
+    return AddrTest(end, family, int(network.network_address), network.prefixlen)
 
 
 def _port_range(end: str, low: int, high: int) -> Node:

@@ -80,6 +80,10 @@ class MapName:
     PORT_SET_1 = "port_set_1"
     PORT_SET_2 = "port_set_2"
     PORT_SET_3 = "port_set_3"
+    PREFIX4_SET_0 = "prefix4_set_0"  # --filter's prefix sets (filter_expr.MAX_PREFIX_SETS per family)
+    PREFIX4_SET_1 = "prefix4_set_1"
+    PREFIX6_SET_0 = "prefix6_set_0"
+    PREFIX6_SET_1 = "prefix6_set_1"
 
     @classmethod
     def all(cls) -> frozenset[str]:
@@ -88,6 +92,10 @@ class MapName:
     @classmethod
     def port_set(cls, index: int) -> str:
         return getattr(cls, f"PORT_SET_{index}")
+
+    @classmethod
+    def prefix_set(cls, version: int, index: int) -> str:
+        return getattr(cls, f"PREFIX{version}_SET_{index}")
 
 
 # Entry points with fixed names; the per-probe ones are named by the functions below.

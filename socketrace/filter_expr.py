@@ -103,9 +103,11 @@ __all__ = [
     "PidTest",
     "PortTest",
     "ProtocolTest",
+    "Sets",
     "StateTest",
     "accessors_used",
     "evaluate",
+    "lookup_sets",
     "parse_filter",
     "port_sets",
     "to_c",
@@ -119,6 +121,10 @@ MAX_TERMS = 1024
 PORT_SET_MIN = 16
 MAX_PORT_SETS = 4
 PORT_SET_MAX = 65536
+# Likewise an `or` of this many prefixes of one end and family becomes one longest-prefix-match
+# lookup (prefix4_set_0/1, prefix6_set_0/1 in bpf/socketrace.c).
+PREFIX_SET_MIN = 16
+MAX_PREFIX_SETS = 2  # per family
 
 # What the C expression reads, each defined by the BPF program, with its cost rank (the order in
 # which an `and` or `or` tests them) and what it is. Ports are in host order; addresses are u32
@@ -742,29 +748,47 @@ class _C(NamedTuple):
 def to_c(tree: Node, byteorder: str = sys.byteorder) -> str:
     """One C expression over ACCESSORS, true when the sock passes; ``byteorder`` is the BPF target's.
     Its ``port_in_set_N()`` calls look ports up in the sets port_sets(tree) returns."""
-    return _compile(tree, False, byteorder, []).text
+    return _compile(tree, False, byteorder, Sets.empty()).text
 
 
 def accessors_used(tree: Node) -> frozenset[str]:
     """The ACCESSORS names to_c(tree) reads, so the program reads only those fields."""
-    return _compile(tree, False, sys.byteorder, []).reads
+    return _compile(tree, False, sys.byteorder, Sets.empty()).reads
+
+
+class Sets(NamedTuple):
+    """What to_c's lookups look in, by index: the program's port_set_N, prefix4_set_N and prefix6_set_N
+    maps hold them. A prefix is (network as an int, prefix length)."""
+
+    ports: list[frozenset[int]]
+    prefixes4: list[frozenset[tuple[int, int]]]
+    prefixes6: list[frozenset[tuple[int, int]]]
+
+    @classmethod
+    def empty(cls) -> Sets:
+        return cls([], [], [])
+
+
+def lookup_sets(tree: Node) -> Sets:
+    """The sets to_c(tree) looks up (see Sets)."""
+    sets = Sets.empty()
+    _compile(tree, False, sys.byteorder, sets)
+    return sets
 
 
 def port_sets(tree: Node) -> tuple[frozenset[int], ...]:
-    """The port sets to_c(tree) looks up, by index: the program's hash maps port_set_N hold them."""
-    sets: list[frozenset[int]] = []
-    _compile(tree, False, sys.byteorder, sets)
-    return tuple(sets)
+    """The port sets to_c(tree) looks up, by index."""
+    return tuple(lookup_sets(tree).ports)
 
 
-def _compile(tree: Node, inet_known: bool, byteorder: str, sets: list[frozenset[int]]) -> _C:
+def _compile(tree: Node, inet_known: bool, byteorder: str, sets: Sets) -> _C:
     """``inet_known``: an enclosing `and` has already tested that the family is AF_INET or AF_INET6;
-    ``sets`` collects the port sets the expression looks up (the same set once, whatever its uses)."""
+    ``sets`` collects the sets the expression looks up (the same set once, whatever its uses)."""
     if isinstance(tree, Not):
         item = _compile(tree.item, inet_known, byteorder, sets)
         return _C(f"!{item.text}", item.reads)
     if isinstance(tree, Or):
-        tree = _with_port_sets(tree, sets)
+        tree = _with_prefix_sets(_with_port_sets(tree, sets.ports), sets)
     if isinstance(tree, (And, Or)):
         # The family test, once: before an `and` where any item needs it, around an `or` where all do.
         needs = [_needs_inet(item) for item in tree.items]
@@ -811,6 +835,37 @@ def _with_port_sets(tree: Or, sets: list[frozenset[int]]) -> Or:
     return Or((*lookups, *rest)) if lookups else tree
 
 
+@dataclass(frozen=True)
+class _PrefixSetTest:
+    """Compiling only: ``end``'s address is in prefix set ``index`` of ``family``."""
+
+    end: str
+    family: int
+    index: int
+
+
+def _with_prefix_sets(tree: Or, sets: Sets) -> Or:
+    """An `or` of many prefixes of one end and family tests that end once in an LPM trie."""
+    groups: dict[tuple[str, int], list[AddrTest]] = {}
+    rest: list[Node] = []
+    for item in tree.items:
+        if isinstance(item, AddrTest):
+            groups.setdefault((item.end, item.family), []).append(item)
+        else:
+            rest.append(item)
+    lookups: list[Node] = []
+    for (end, family), tests in groups.items():
+        family_sets = sets.prefixes4 if family == AF_INET else sets.prefixes6
+        wanted = frozenset((test.network, test.prefix) for test in tests)
+        if len(wanted) >= PREFIX_SET_MIN and (wanted in family_sets or len(family_sets) < MAX_PREFIX_SETS):
+            if wanted not in family_sets:
+                family_sets.append(wanted)
+            lookups.append(cast(Node, _PrefixSetTest(end, family, family_sets.index(wanted))))
+        else:
+            rest.extend(tests)
+    return Or((*lookups, *rest)) if lookups else tree
+
+
 def _needs_inet(tree: Node) -> bool:
     """Ports and protocols mean something only for AF_INET/AF_INET6 (addresses test their family themselves)."""
     return isinstance(tree, (PortTest, _PortSetTest, ProtocolTest))
@@ -823,6 +878,8 @@ def _leaf_c(leaf: Node, byteorder: str) -> _C:
     if isinstance(leaf, PortTest):
         accessor = "F_SPORT" if leaf.end == "src" else "F_DPORT"
         return _C(f"({accessor} {leaf.op} {leaf.port})", frozenset({accessor}))
+    if isinstance(leaf, _PrefixSetTest):
+        return _prefix_set_c(leaf, byteorder)
     if isinstance(leaf, AddrTest):
         return _address_c(leaf, byteorder)
     if isinstance(leaf, MarkTest):
@@ -871,6 +928,21 @@ def _address_c(test: AddrTest, byteorder: str) -> _C:
         ]
     )
     return _C(f"({native.text} || {mapped.text})", native.reads | mapped.reads)
+
+
+def _prefix_set_c(test: _PrefixSetTest, byteorder: str) -> _C:
+    """A trie lookup of the address as the u32 loads read it; an IPv4 set also takes the IPv4-mapped form."""
+    v6 = "F_SADDR6" if test.end == "src" else "F_DADDR6"
+    if test.family == AF_INET6:
+        words = ", ".join(f"{v6}({i})" for i in range(4))
+        return _C(f"(F_FAMILY == 10 && in_prefix6_set_{test.index}({words}))", frozenset({"F_FAMILY", v6}))
+    v4 = "F_SADDR4" if test.end == "src" else "F_DADDR4"
+    mapped = _word(b"\0\0\xff\xff", 0, byteorder)
+    text = (
+        f"((F_FAMILY == 2 && in_prefix4_set_{test.index}({v4})) || (F_FAMILY == 10 && {v6}(0) == 0U && "
+        f"{v6}(1) == 0U && {v6}(2) == {mapped}U && in_prefix4_set_{test.index}({v6}(3))))"
+    )
+    return _C(text, frozenset({"F_FAMILY", v4, v6}))
 
 
 def _word(packed: bytes, index: int, byteorder: str) -> int:

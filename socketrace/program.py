@@ -10,6 +10,7 @@ and the two sides cannot drift. ``socketrace --ebpf`` prints the list and the so
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import os
 import platform
@@ -26,7 +27,7 @@ from . import bpfsys, compiled, contract
 from .contract import kprobe_entry_name, rawtp_entry_name
 from .discovery import SOCK_FREE_FUNCTION, Discovery, FieldLocation, Probe, sock_common_fields
 from .features import Features
-from .filter_expr import accessors_used, port_sets, to_c
+from .filter_expr import Sets, accessors_used, lookup_sets, to_c
 from .options import AttachWay, Filters, Options
 
 if TYPE_CHECKING:
@@ -83,7 +84,7 @@ class ProgramPlan:
     macros: dict[str, str]
     entries: tuple[Entry, ...] = field(default=())
     shared_handler: Entry | None = None  # the tail-call target of the entries, if they use one
-    port_sets: tuple[frozenset[int], ...] = ()  # --filter's port sets, filled into port_set_N once loaded
+    sets: Sets = field(default_factory=Sets.empty)  # --filter's lookup sets, filled into their maps once loaded
 
     @property
     def cflags(self) -> list[str]:
@@ -122,7 +123,7 @@ def plan_program(
         macros["SUMMARY_PROBES"] = str(max(1, len(probes)))
     if empty_entries:
         macros["EMPTY_ENTRIES"] = "1"
-    sets = port_sets(options.filters.expr) if options.filters.expr is not None else ()
+    sets = lookup_sets(options.filters.expr) if options.filters.expr is not None else Sets.empty()
     return ProgramPlan(way, probes, macros, entries, handler, sets)
 
 
@@ -196,8 +197,9 @@ def _filter_macros(filters: Filters) -> dict[str, str]:
         macros["FILTER_EXPR"] = to_c(filters.expr, sys.byteorder)
         used = accessors_used(filters.expr)
         macros.update({f"HAVE_{name}": "1" for name in sorted(used)})
-        for index, ports in enumerate(port_sets(filters.expr)):
-            macros[f"PORT_SET_{index}_SIZE"] = str(len(ports))
+        sets = lookup_sets(filters.expr)
+        for prefix, listed in (("PORT", sets.ports), ("PREFIX4", sets.prefixes4), ("PREFIX6", sets.prefixes6)):
+            macros.update({f"{prefix}_SET_{index}_SIZE": str(len(members)) for index, members in enumerate(listed)})
         if used - {"F_PID", "F_NETNS"}:
             macros["FILTERS_READ_HEAD"] = "1"
     if filters.addr is not None:
@@ -349,11 +351,19 @@ def compile_program(plan: ProgramPlan) -> BPF:
 
 
 def _filled(bpf: BPF, plan: ProgramPlan) -> BPF:
-    """The program with its port sets filled: what the instructions look up, not part of them."""
-    for index, ports in enumerate(plan.port_sets):
+    """The program with its lookup sets filled: what the instructions look up, not part of them."""
+    for index, ports in enumerate(plan.sets.ports):
         table = bpf[contract.MapName.port_set(index).encode()]
         for port in sorted(ports):
             table[table.Key(port)] = table.Leaf(1)
+    for version, listed in ((4, plan.sets.prefixes4), (6, plan.sets.prefixes6)):
+        for index, prefixes in enumerate(listed):
+            table = bpf[contract.MapName.prefix_set(version, index).encode()]
+            for network, length in sorted(prefixes):
+                packed = network.to_bytes(4 if version == 4 else 16, "big")
+                words = [int.from_bytes(packed[i : i + 4], sys.byteorder) for i in range(0, len(packed), 4)]
+                key = table.Key(length, words[0] if version == 4 else (ctypes.c_uint32 * 4)(*words))
+                table[key] = table.Leaf(1)
     return bpf
 
 

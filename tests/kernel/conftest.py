@@ -107,6 +107,11 @@ PORT_SETS_EXPRESSION = " and ".join(
     "( " + " or ".join(f"{end} = :{base + i}" for i in range(16)) + " )"
     for end, base in (("sport", 1000), ("dport", 2000), ("sport", 3000), ("dport", 4000))
 )
+# Four prefix sets (two per family, the most the program declares): `or`s of 16 prefixes each.
+PREFIX_SETS_EXPRESSION = " and ".join(
+    "( " + " or ".join(prefix.format(i) for i in range(16)) + " )"
+    for prefix in ("src 10.{}.0.0/16", "dst 192.168.{}.0/24", "src 2001:db8:{:x}::/48", "dst fd00:{:x}::/32")
+)
 
 
 def program_plan(way: str, args: list[str]) -> ProgramPlan:

@@ -50,6 +50,7 @@ from typing import Any
 from socketrace.filter_expr import (
     ALL_STATES,
     PORT_SET_MIN,
+    PREFIX_SET_MIN,
     AddrTest,
     And,
     MarkTest,
@@ -59,6 +60,7 @@ from socketrace.filter_expr import (
     PortTest,
     StateTest,
     evaluate,
+    lookup_sets,
     parse_filter,
     port_sets,
     to_text,
@@ -426,15 +428,23 @@ def _events(lines: list[str]) -> dict[int, list[dict[str, Any]]]:
 def _kernel_subset(pid: int, netns_inode: int, ports: set[int]) -> list[str]:
     """Expressions for the in-kernel evaluation: every kind of term, prefixes, states, not, the
     words ss lacks, and long lists of ports (a hash set in the kernel: half the zoo's local ports, and
-    as remote ports the other half, each padded with ports the zoo lacks to PORT_SET_MIN)."""
+    as remote ports the other half, each padded with ports the zoo lacks to PORT_SET_MIN) and of
+    prefixes (LPM tries)."""
     zoo_ports = sorted(ports - {0})
     padding = [port for port in range(60000, 61000) if port not in ports][:PORT_SET_MIN]
     half = len(zoo_ports) // 2
     local = " or ".join(f"sport = :{port}" for port in [*zoo_ports[:half], *padding])
     remote = " or ".join(f"dport = :{port}" for port in [*zoo_ports[half:], *padding])
+    # Prefix sets (LPM tries): the zoo's addresses among padding that matches none of them, overlapping
+    # prefixes, an IPv4 prefix against IPv4-mapped sockets, and /0 in a trie.
+    pad4 = " or ".join(f"src 192.0.2.{i}/32" for i in range(PREFIX_SET_MIN))
+    pad6 = " or ".join(f"dst 2001:db8:ffff:{i:x}::/64" for i in range(PREFIX_SET_MIN))
     return [
         f"{local} or {remote}",
         f"not ( {local} )",
+        f"src 127.0.0.1/32 or src 10.0.0.0/8 or src 10.1.2.3/32 or {pad4} or dst ::1/128 or dst 2001:db8::/32 or "
+        f"dst 2001:db8::5/128 or {pad6}",
+        f"not ( src 0.0.0.0/0 or {pad4} ) or ( dst ::/0 or {pad6} )",
         "not ( sport = :22 or dport = :22 ) and state established",
         "src 127.0.0.0/8 or dst 10.0.0.0/8",
         "src 2001:db8::/64 or dst ::1/128 or src [::ffff:127.0.0.1]",
@@ -515,6 +525,8 @@ def _differential(trace, backend: Backend, netns: str, netns_inode: int, zoo: Zo
     # One tracer without --filter and the kernel subset's tracers, all poked by the same recv calls.
     subset = _kernel_subset(zoo.info["pid"], netns_inode, {sock.fields["sport"] for sock in unfiltered})
     assert len(port_sets(parse_filter(subset[0]))) == 2  # both lists are hash sets in the kernel
+    tries = [lookup_sets(parse_filter(text)) for text in subset[2:4]]
+    assert all(len(sets.prefixes4) == len(sets.prefixes6) == 1 for sets in tries)  # and these LPM tries
     common = [*backend.args(RECV_FUNCS if backend.is_kprobe else None), "--filter-netns", netns, "--output-json"]
     tracers = [trace(*common, ready=False)] + [trace(*common, "--filter", text, ready=False) for text in subset]
     for tracer in tracers:

@@ -17,7 +17,7 @@ import pytest
 from socketrace.features import verifiable_kinds
 from socketrace.program import compile_program
 
-from .conftest import PORT_SETS_EXPRESSION, kernel_ways, narrowed, program_plan
+from .conftest import PORT_SETS_EXPRESSION, PREFIX_SETS_EXPRESSION, kernel_ways, narrowed, program_plan
 
 ALL_FILTERS = ["--filter-pid", "1", "--filter-netns", "4026531840", "--filter-mark", "7", "--filter-protocol", "tcp"]
 ALL_FILTERS += ["--filter-port", "22", "--filter-addr", "10.0.0.1"]
@@ -42,6 +42,7 @@ LONG_EXPRESSION = " or ".join(
     )
 )
 TEN_THOUSAND_PORTS = [arg for port in range(1, 10001) for arg in ("--filter-port", str(port))]
+TEN_THOUSAND_PREFIXES = [arg for i in range(10000) for arg in ("--filter-addr", f"10.{i // 100}.{i % 100}.0/24")]
 EXTRAS = ["--output-sock-info", "--output-socket-info", "--output-sock-common", "--output-stack"]
 EVERY_BACKEND = {
     "defaults": [],
@@ -54,6 +55,8 @@ EVERY_BACKEND = {
     "port-ranges-network": ["--filter-port", "22", "--filter-port", "1024-65535", "--filter-addr", "fe80::/10"],
     "port-sets-json": ["--filter", PORT_SETS_EXPRESSION, "--output-json"],
     "ten-thousand-ports-summary": [*TEN_THOUSAND_PORTS, "--summary"],
+    "prefix-sets-track": ["--filter", PREFIX_SETS_EXPRESSION, "--filter-track-sock"],
+    "ten-thousand-prefixes-and-ports": [*TEN_THOUSAND_PREFIXES, "--filter-addr", "::1/128", *TEN_THOUSAND_PORTS],
 }
 KPROBE_MULTI_ONLY = {
     "returns-filters-extras": ["--output-return", *ALL_FILTERS, *EXTRAS],

@@ -24,7 +24,7 @@ from socketrace.features import verifiable_kinds
 from socketrace.program import ProgramPlan, compile_program
 
 from ..conftest import require_tool
-from .conftest import COMMAND, PORT_SETS_EXPRESSION, kernel_ways, narrowed, pace, program_plan
+from .conftest import COMMAND, PORT_SETS_EXPRESSION, PREFIX_SETS_EXPRESSION, kernel_ways, narrowed, pace, program_plan
 
 FROM_CACHE = "from the compile cache"
 COMPILED = "compiled in"
@@ -124,6 +124,7 @@ def test_the_maps_the_c_declares_are_the_contracts(monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv("SOCKETRACE_CACHE_DIR", "off")
     ways = _ways()
     configurations = [(ways[0], ["--filter-track-sock", "--summary"]), (ways[0], ["--filter", PORT_SETS_EXPRESSION])]
+    configurations += [(ways[0], ["--filter", PREFIX_SETS_EXPRESSION])]
     if "kprobe-multi" in ways:  # returns: calls in flight, and latency with --summary
         configurations += [("kprobe-multi", ["--output-return"]), ("kprobe-multi", ["--output-return", "--summary"])]
     declared: set[str] = set()

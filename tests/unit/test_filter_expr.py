@@ -17,6 +17,7 @@ from socketrace.filter_expr import (
     MAX_PORT_SETS,
     MAX_TERMS,
     PORT_SET_MIN,
+    PREFIX_SET_MIN,
     AddrTest,
     And,
     FamilyTest,
@@ -29,9 +30,11 @@ from socketrace.filter_expr import (
     PidTest,
     PortTest,
     ProtocolTest,
+    Sets,
     StateTest,
     accessors_used,
     evaluate,
+    lookup_sets,
     parse_filter,
     port_sets,
     to_c,
@@ -518,3 +521,26 @@ def test_sets_change_nothing_the_evaluator_decides() -> None:
     assert port_sets(tree) == (frozenset(ports),)
     base = {"family": "AF_INET", "sport": 1, "saddr": "127.0.0.1", "daddr": "127.0.0.1"}
     assert not evaluate(tree, {**base, "dport": 2005}) and evaluate(tree, {**base, "dport": 3000})
+
+
+def test_a_long_or_of_prefixes_is_one_trie_lookup_per_end_and_family() -> None:
+    v4 = " or ".join(f"src 10.{i}.0.0/16" for i in range(PREFIX_SET_MIN))
+    v6 = " or ".join(f"src 2001:db8:{i:x}::/48" for i in range(PREFIX_SET_MIN))
+    tree = parse_filter(f"{v4} or {v6} or src 192.0.2.1")
+    sets = lookup_sets(tree)
+    assert len(sets.prefixes4) == len(sets.prefixes6) == 1 and not sets.ports
+    assert (int(ipaddress.IPv4Address("10.3.0.0")), 16) in sets.prefixes4[0]
+    text = to_c(tree)
+    assert "in_prefix4_set_0(F_SADDR4)" in text and "in_prefix4_set_0(F_SADDR6(3))" in text  # and IPv4-mapped
+    assert "in_prefix6_set_0(F_SADDR6(0), F_SADDR6(1), F_SADDR6(2), F_SADDR6(3))" in text
+    assert len(sets.prefixes4[0]) == PREFIX_SET_MIN + 1 and "F_SADDR4 ==" not in text  # 192.0.2.1/32 joins the set
+    short = parse_filter(" or ".join(f"dst 10.{i}.0.0/16" for i in range(PREFIX_SET_MIN - 1)))
+    assert lookup_sets(short) == Sets.empty()
+
+
+def test_prefix_sets_change_nothing_the_evaluator_decides() -> None:
+    tree = parse_filter(" or ".join(["src 0.0.0.0/0", *(f"src 10.{i}.0.0/16" for i in range(PREFIX_SET_MIN))]))
+    assert len(lookup_sets(tree).prefixes4) == 1
+    base = {"family": "AF_INET6", "sport": 1, "dport": 2, "daddr": "::1"}
+    assert evaluate(tree, {**base, "saddr": "::ffff:192.0.2.1"})  # /0 takes every IPv4 address, mapped too
+    assert not evaluate(tree, {**base, "saddr": "2001:db8::1"})
