@@ -138,17 +138,21 @@ class SectionedCommand(click.Command):
     """A command whose --help lists its options in HELP_SECTIONS instead of one flat list."""
 
     def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        # By any of an option's names: click's help option lists its own in an order of its choosing.
         records = {}
         for param in self.get_params(ctx):
             record = param.get_help_record(ctx)
             if record is not None:
-                records[param.opts[0]] = record
+                records[next((name for name in param.opts if name in _SECTIONED), param.opts[0])] = record
         for title, names in HELP_SECTIONS:
             with formatter.section(title):
                 formatter.write_dl([records.pop(name) for name in names if name in records])
         if records:  # an option added without a section still shows
             with formatter.section("Other options"):
                 formatter.write_dl(list(records.values()))
+
+
+_SECTIONED = frozenset(name for _, names in HELP_SECTIONS for name in names)
 
 
 @click.command(cls=SectionedCommand, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
