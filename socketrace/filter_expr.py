@@ -93,6 +93,7 @@ __all__ = [
     "MAX_TERMS",
     "AddrTest",
     "And",
+    "CompiledFilter",
     "FamilyTest",
     "FilterSyntaxError",
     "MarkTest",
@@ -106,6 +107,7 @@ __all__ = [
     "Sets",
     "StateTest",
     "accessors_used",
+    "compile_filter",
     "evaluate",
     "lookup_sets",
     "parse_filter",
@@ -745,20 +747,18 @@ class _C(NamedTuple):
         return max((ACCESSORS[name][0] for name in self.reads), default=0)
 
 
-def to_c(tree: Node, byteorder: str = sys.byteorder) -> str:
-    """One C expression over ACCESSORS, true when the sock passes; ``byteorder`` is the BPF target's.
-    Its ``port_in_set_N()`` calls look ports up in the sets port_sets(tree) returns."""
-    return _compile(tree, False, byteorder, Sets.empty()).text
+class CompiledFilter(NamedTuple):
+    """The tree as the program takes it: one C expression over ACCESSORS (true when the sock passes),
+    the accessors it reads (the program reads only those fields), and the sets its lookups look in."""
 
-
-def accessors_used(tree: Node) -> frozenset[str]:
-    """The ACCESSORS names to_c(tree) reads, so the program reads only those fields."""
-    return _compile(tree, False, sys.byteorder, Sets.empty()).reads
+    text: str
+    reads: frozenset[str]
+    sets: Sets
 
 
 class Sets(NamedTuple):
-    """What to_c's lookups look in, by index: the program's port_set_N, prefix4_set_N and prefix6_set_N
-    maps hold them. A prefix is (network as an int, prefix length)."""
+    """What the expression's lookups look in, by index: the program's port_set_N, prefix4_set_N and
+    prefix6_set_N maps hold them. A prefix is (network as an int, prefix length)."""
 
     ports: list[frozenset[int]]
     prefixes4: list[frozenset[tuple[int, int]]]
@@ -769,11 +769,26 @@ class Sets(NamedTuple):
         return cls([], [], [])
 
 
-def lookup_sets(tree: Node) -> Sets:
-    """The sets to_c(tree) looks up (see Sets)."""
+def compile_filter(tree: Node, byteorder: str = sys.byteorder) -> CompiledFilter:
+    """The tree compiled once for the program; ``byteorder`` is the BPF target's."""
     sets = Sets.empty()
-    _compile(tree, False, sys.byteorder, sets)
-    return sets
+    compiled = _compile(tree, False, byteorder, sets)
+    return CompiledFilter(compiled.text, compiled.reads, sets)
+
+
+def to_c(tree: Node, byteorder: str = sys.byteorder) -> str:
+    """compile_filter's C expression alone."""
+    return compile_filter(tree, byteorder).text
+
+
+def accessors_used(tree: Node) -> frozenset[str]:
+    """compile_filter's accessors alone."""
+    return compile_filter(tree).reads
+
+
+def lookup_sets(tree: Node) -> Sets:
+    """compile_filter's sets alone."""
+    return compile_filter(tree).sets
 
 
 def port_sets(tree: Node) -> tuple[frozenset[int], ...]:

@@ -27,7 +27,7 @@ from . import bpfsys, compiled, contract
 from .contract import kprobe_entry_name, rawtp_entry_name
 from .discovery import SOCK_FREE_FUNCTION, Discovery, FieldLocation, Probe, sock_common_fields
 from .features import Features
-from .filter_expr import Sets, accessors_used, lookup_sets, to_c
+from .filter_expr import CompiledFilter, Sets, compile_filter
 from .options import AttachWay, Filters, Options
 
 if TYPE_CHECKING:
@@ -105,7 +105,8 @@ def plan_program(
     --filter-track-sock; ``empty_entries`` makes every entry return at once: the benchmarks' floor.
     """
     probes = tuple(discovery.tracepoints if way is AttachWay.TRACEPOINT else discovery.functions)
-    macros = macro_definitions(options, discovery.fields, features)
+    expr = _compiled_expr(options.filters)
+    macros = macro_definitions(options, discovery.fields, features, expr)
     entries, handler, entry_macros = _entries(way, probes, options.output.return_values)
     macros.update(entry_macros)
     if way in (AttachWay.KPROBE, AttachWay.KPROBE_MULTI):
@@ -123,17 +124,28 @@ def plan_program(
         macros["SUMMARY_PROBES"] = str(max(1, len(probes)))
     if empty_entries:
         macros["EMPTY_ENTRIES"] = "1"
-    sets = lookup_sets(options.filters.expr) if options.filters.expr is not None else Sets.empty()
-    return ProgramPlan(way, probes, macros, entries, handler, sets)
+    return ProgramPlan(way, probes, macros, entries, handler, expr.sets if expr else Sets.empty())
 
 
-def macro_definitions(options: Options, fields: dict[str, FieldLocation], features: Features) -> dict[str, str]:
-    """Contract constants, filters, outputs, field locations and platform facts as macro name -> text."""
+def _compiled_expr(filters: Filters) -> CompiledFilter | None:
+    """--filter's tree (with the flags it absorbed) compiled for the target, once per plan."""
+    return compile_filter(filters.expr, sys.byteorder) if filters.expr is not None else None
+
+
+def macro_definitions(
+    options: Options,
+    fields: dict[str, FieldLocation],
+    features: Features,
+    expr: CompiledFilter | None = None,
+) -> dict[str, str]:
+    """Contract constants, filters, outputs, field locations and platform facts as macro name -> text;
+    ``expr`` is --filter compiled (plan_program compiles it once), compiled here when not given."""
+    expr = expr if expr is not None else _compiled_expr(options.filters)
     macros = contract.contract_macros()
     macros["SPAN_MAX"] = str(SPAN_MAX)
     macros.update({name: f"{loc.offset},{loc.size},{loc.shift},{loc.bits}" for name, loc in fields.items()})
-    macros.update(_span_macros(fields, _head_fields(options.filters)))
-    macros.update(_filter_macros(options.filters))
+    macros.update(_span_macros(fields, _head_fields(expr)))
+    macros.update(_filter_macros(options.filters, expr))
     output = options.output
     for enabled, name in (
         (output.reads_sock_info, "OUTPUT_SOCK_INFO"),
@@ -154,10 +166,10 @@ def macro_definitions(options: Options, fields: dict[str, FieldLocation], featur
     return macros
 
 
-def _head_fields(filters: Filters) -> tuple[str, ...]:
+def _head_fields(expr: CompiledFilter | None) -> tuple[str, ...]:
     """SK_HEAD_FIELDS, and the IPv6 addresses when --filter tests them: one copy of the head holds
     everything the expression reads but mark, protocol and netns (sock_common: valid in every sock)."""
-    used = accessors_used(filters.expr) if filters.expr is not None else frozenset()
+    used = expr.reads if expr is not None else frozenset()
     extra = tuple(field for accessor, field in EXPR_HEAD_FIELDS.items() if accessor in used)
     return SK_HEAD_FIELDS + extra
 
@@ -179,7 +191,7 @@ def _span_macros(fields: dict[str, FieldLocation], head_fields: tuple[str, ...] 
     }
 
 
-def _filter_macros(filters: Filters) -> dict[str, str]:
+def _filter_macros(filters: Filters, expr: CompiledFilter | None) -> dict[str, str]:
     macros: dict[str, str] = {}
     for name, value in (
         ("FILTER_PID", filters.pid),
@@ -192,12 +204,12 @@ def _filter_macros(filters: Filters) -> dict[str, str]:
             macros[name] = str(int(value))
     if filters.needs_inet:
         macros["FILTER_INET"] = "1"
-    if filters.expr is not None:
-        # Only validated integers, accessor names and operators (filter_expr.to_c): never user text.
-        macros["FILTER_EXPR"] = to_c(filters.expr, sys.byteorder)
-        used = accessors_used(filters.expr)
+    if expr is not None:
+        # Only validated integers, accessor names and operators (filter_expr.compile_filter): never user text.
+        macros["FILTER_EXPR"] = expr.text
+        used = expr.reads
         macros.update({f"HAVE_{name}": "1" for name in sorted(used)})
-        sets = lookup_sets(filters.expr)
+        sets = expr.sets
         for prefix, listed in (("PORT", sets.ports), ("PREFIX4", sets.prefixes4), ("PREFIX6", sets.prefixes6)):
             macros.update({f"{prefix}_SET_{index}_SIZE": str(len(members)) for index, members in enumerate(listed)})
         if used - {"F_PID", "F_NETNS"}:
